@@ -1,0 +1,144 @@
+"""Export a (gated) LSTM language model as a physically smaller dense model, and load it back.
+
+Contract (DESIGN.md): a folder with `config.json` (vocab_size, embedding_dim,
+hidden_sizes, input_sizes, tie_weights, vocab) and `model.safetensors` with keys
+embedding.weight, lstm.{k}.weight_ih, lstm.{k}.weight_hh, lstm.{k}.bias_ih,
+lstm.{k}.bias_hh (gate order i, f, g, o), decoder.weight, decoder.bias.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_replace_dir, atomic_write_json
+from .errors import UserError
+from .language_model import LSTMLanguageModel, model_size
+
+FORMAT = "neuron-selection-lstm-lm/1"
+
+
+def _gate_rows(keep: torch.Tensor) -> torch.Tensor:
+    """Row indices of the four gate blocks (i, f, g, o) of the kept hidden neurons."""
+    hidden = keep.numel()
+    idx = torch.nonzero(keep).flatten()
+    return torch.cat([idx + g * hidden for g in range(4)])
+
+
+@torch.no_grad()
+def pruned_state_dict(model: LSTMLanguageModel) -> tuple[dict[str, torch.Tensor], dict]:
+    """Remove switched-off neurons and fold the test-time gate values into the weights."""
+    rnn = model.rnn
+    n = rnn.num_layers
+    if rnn.gated:
+        z_in = [g.deterministic() for g in rnn.input_gates]
+        z_hid = [g.deterministic() for g in rnn.hidden_gates]
+    else:
+        z_in = [torch.ones(i) for i in rnn.input_sizes]
+        z_hid = [torch.ones(h) for h in rnn.hidden_sizes]
+    keep_hid = [z > 0 for z in z_hid]
+    for k, keep in enumerate(keep_hid):
+        if not keep.any():
+            raise UserError(
+                f"every hidden neuron of LSTM layer {k} was pruned, so the model cannot be "
+                "exported; lower the penalty strength (reg_lambda)"
+            )
+    keep_emb = z_in[0] > 0
+    if not keep_emb.any():
+        raise UserError("every embedding dimension was pruned; lower the penalty strength (reg_lambda)")
+
+    # Layer 0's input gate is folded into the embedding columns it keeps.
+    out = {"embedding.weight": (model.embedding.weight[:, keep_emb] * z_in[0][keep_emb]).clone()}
+    for k, lstm in enumerate(rnn.layers):
+        rows = _gate_rows(keep_hid[k])
+        if k == 0:
+            w_ih = lstm.weight_ih_l0[rows][:, keep_emb]
+        else:
+            # The previous layer keeps all its surviving neurons, so this layer reads all
+            # of them; a column whose own input gate is shut stays as zeros.
+            cols = keep_hid[k - 1]
+            w_ih = lstm.weight_ih_l0[rows][:, cols] * (z_in[k] * z_hid[k - 1])[cols]
+        h_keep = keep_hid[k]
+        out[f"lstm.{k}.weight_ih"] = w_ih.clone()
+        out[f"lstm.{k}.weight_hh"] = (lstm.weight_hh_l0[rows][:, h_keep] * z_hid[k][h_keep]).clone()
+        out[f"lstm.{k}.bias_ih"] = lstm.bias_ih_l0[rows].clone()
+        out[f"lstm.{k}.bias_hh"] = lstm.bias_hh_l0[rows].clone()
+    last = keep_hid[-1]
+    out["decoder.weight"] = (model.decoder.weight[:, last] * z_hid[-1][last]).clone()
+    out["decoder.bias"] = model.decoder.bias.clone()
+    out = {k: v.detach().float().contiguous().cpu() for k, v in out.items()}
+
+    hidden_sizes = [int(m.sum()) for m in keep_hid]
+    config = {
+        "format": FORMAT,
+        "vocab_size": model.vocab_size,
+        "embedding_dim": int(keep_emb.sum()),
+        "hidden_sizes": hidden_sizes,
+        "input_sizes": [int(keep_emb.sum()), *hidden_sizes[:-1]],
+        "num_layers": n,
+        "tie_weights": False,
+        "original_sizes": {
+            "embedding_dim": model.embedding.embedding_dim,
+            "hidden_sizes": list(rnn.hidden_sizes),
+        },
+    }
+    return out, config
+
+
+def export_language_model(model: LSTMLanguageModel, vocab: list[str], out_dir: str | Path,
+                          extra: dict | None = None) -> dict:
+    """Write the contract folder atomically; returns its config."""
+    if len(vocab) != model.vocab_size:
+        raise UserError(f"vocabulary has {len(vocab)} tokens but the model has {model.vocab_size}")
+    tensors, config = pruned_state_dict(model)
+    config.update(model_size(config["vocab_size"], config["embedding_dim"], config["hidden_sizes"]))
+    config.update(extra or {})
+    config["vocab"] = list(vocab)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+    atomic_write_json(tmp / "config.json", config)
+    atomic_replace_dir(tmp, out_dir)
+    return config
+
+
+def load_exported_language_model(path: str | Path) -> tuple[LSTMLanguageModel, dict]:
+    """Build a plain (ungated) PyTorch model from an export folder."""
+    path = Path(path)
+    cfg_file, weights = path / "config.json", path / "model.safetensors"
+    for f in (cfg_file, weights):
+        if not f.is_file():
+            raise UserError(f"{f} not found: is {path} an exported model folder?")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{cfg_file} is not valid JSON ({e}); re-export the model") from None
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{weights} cannot be read ({e}); re-export the model") from None
+    if len(config.get("vocab", [])) != config["vocab_size"]:
+        raise UserError(f"{cfg_file}: vocab has {len(config.get('vocab', []))} tokens, "
+                        f"vocab_size says {config['vocab_size']}")
+    model = LSTMLanguageModel(config["vocab_size"], config["embedding_dim"], config["hidden_sizes"],
+                              gated=False, init_scale=None)
+    if model.rnn.input_sizes != config["input_sizes"]:
+        raise UserError(f"{cfg_file}: input_sizes {config['input_sizes']} do not chain with "
+                        f"embedding_dim and hidden_sizes")
+    state = {"embedding.weight": tensors["embedding.weight"],
+             "decoder.weight": tensors["decoder.weight"], "decoder.bias": tensors["decoder.bias"]}
+    for k in range(len(config["hidden_sizes"])):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            state[f"rnn.layers.{k}.{name}_l0"] = tensors[f"lstm.{k}.{name}"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{weights} does not match {cfg_file}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return model, config

@@ -1,0 +1,89 @@
+"""Hard concrete gates (Louizos, Welling & Kingma 2018, arXiv 1712.01312).
+
+One gate per neuron. A gate value z in [0, 1] multiplies the neuron's output
+wherever it is consumed; z == 0 exactly means the neuron can be removed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class HardConcreteGate(nn.Module):
+    """A vector of `n` hard concrete gates with learnable `log_alpha`.
+
+    Training mode draws one gate vector per call (one sample shared by the whole
+    batch, because the gates mask weights, not activations of one example).
+    Eval mode is deterministic: z = clamp(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        beta: float = 2.0 / 3.0,
+        gamma: float = -0.1,
+        zeta: float = 1.1,
+        log_alpha_init_mean: float = 1.0,
+        log_alpha_init_std: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if not (gamma < 0.0 < 1.0 < zeta):
+            raise ValueError(f"hard concrete needs gamma < 0 and zeta > 1, got {gamma=}, {zeta=}")
+        if beta <= 0:
+            raise ValueError(f"hard concrete needs beta > 0, got {beta=}")
+        self.n = n
+        self.beta = beta
+        self.gamma = gamma
+        self.zeta = zeta
+        self.log_alpha = nn.Parameter(torch.empty(n))
+        self.log_alpha_init_mean = log_alpha_init_mean
+        self.log_alpha_init_std = log_alpha_init_std
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.log_alpha.normal_(self.log_alpha_init_mean, self.log_alpha_init_std)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, beta={self.beta:.4g}, gamma={self.gamma}, zeta={self.zeta}"
+
+    def _stretch_and_clamp(self, s: torch.Tensor) -> torch.Tensor:
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def sample(self) -> torch.Tensor:
+        """One stochastic gate vector (reparameterised, differentiable in log_alpha)."""
+        # Keep u away from 0 and 1 so that log(u) - log(1-u) stays finite.
+        eps = 1e-6
+        u = torch.rand_like(self.log_alpha).clamp(eps, 1.0 - eps)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.beta)
+        return self._stretch_and_clamp(s)
+
+    def deterministic(self) -> torch.Tensor:
+        """The test-time gate vector."""
+        return self._stretch_and_clamp(torch.sigmoid(self.log_alpha))
+
+    def forward(self) -> torch.Tensor:
+        return self.sample() if self.training else self.deterministic()
+
+    def prob_nonzero(self) -> torch.Tensor:
+        """P(z != 0) per gate, the closed form of the L0 relaxation."""
+        return torch.sigmoid(self.log_alpha - self.beta * math.log(-self.gamma / self.zeta))
+
+    def expected_open(self) -> torch.Tensor:
+        """Expected number of non-zero gates (differentiable)."""
+        return self.prob_nonzero().sum()
+
+    def kept_mask(self) -> torch.Tensor:
+        """Boolean mask of the neurons that survive at test time."""
+        return self.deterministic().detach() > 0
+
+    def num_kept(self) -> int:
+        return int(self.kept_mask().sum())
+
+    @torch.no_grad()
+    def force_shut(self, index: torch.Tensor | list[int]) -> None:
+        """Close gates for good (test gate exactly 0); used by tests and the bench."""
+        self.log_alpha[index] = -20.0

@@ -1,0 +1,66 @@
+"""Word-level LSTM language model (Zaremba et al. 2014) on top of `GatedLSTM`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .gated_lstm import GateConfig, GatedLSTM, State
+
+
+class LSTMLanguageModel(nn.Module):
+    """Embedding -> GatedLSTM -> Linear decoder. Tokens are batch-major (B, T).
+
+    Gated: the embedding dimensions are the first layer's input neurons (their gates
+    live in the LSTM), and the decoder consumes the last layer's gated output.
+    Ungated with explicit sizes: the plain model an export loads into.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_sizes: list[int],
+        dropout: float = 0.0,
+        gated: bool = True,
+        init_scale: float | None = 0.1,
+        gate_config: GateConfig = GateConfig(),
+    ) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.rnn = GatedLSTM(embedding_dim, hidden_sizes, dropout, gated, gate_config)
+        self.decoder = nn.Linear(hidden_sizes[-1], vocab_size)
+        if init_scale is not None:
+            # Zaremba / TF tutorial: every weight and bias uniform in [-scale, scale].
+            for name, p in self.named_parameters():
+                if not name.endswith("log_alpha"):
+                    nn.init.uniform_(p, -init_scale, init_scale)
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        emb = self.embedding(tokens.t())  # time-major for the LSTM kernel
+        out, state = self.rnn(emb, state)
+        return self.decoder(out).transpose(0, 1), state
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        gates = {id(p) for p in self.rnn.gate_parameters()}
+        return [p for p in self.parameters() if id(p) not in gates]
+
+
+def model_size(vocab_size: int, embedding_dim: int, hidden_sizes: list[int],
+               input_sizes: list[int] | None = None) -> dict[str, int]:
+    """Parameter count and forward FLOPs per token of a dense LSTM LM of these sizes.
+
+    FLOPs count 2 per multiply-add of the matrix products only (LSTM gates and the
+    decoder); elementwise ops and the embedding lookup are left out, as is usual.
+    """
+    input_sizes = input_sizes or [embedding_dim, *hidden_sizes[:-1]]
+    lstm_params = sum(4 * h * (i + h) + 8 * h for i, h in zip(input_sizes, hidden_sizes))
+    lstm_flops = sum(2 * 4 * h * (i + h) for i, h in zip(input_sizes, hidden_sizes))
+    decoder_params = vocab_size * hidden_sizes[-1] + vocab_size
+    return {
+        "params": vocab_size * embedding_dim + lstm_params + decoder_params,
+        "lstm_params": lstm_params,
+        "flops_per_token": lstm_flops + 2 * vocab_size * hidden_sizes[-1],
+        "lstm_flops_per_token": lstm_flops,
+    }

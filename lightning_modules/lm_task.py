@@ -1,0 +1,211 @@
+"""LightningModule: word-level LSTM language model, dense or with L0 neuron selection.
+
+Objective, per token: cross-entropy + reg_lambda * E[L0], where E[L0] is the expected
+number of non-zero LSTM weights (`GatedLSTM.expected_l0`, penalty form "weights") or
+of open gates ("neurons"). So reg_lambda is "nats of per-token loss per expected
+weight": it does not depend on batch size, num_steps or dataset size, and a value
+means the same thing in every run. For the SGD step the objective is multiplied by
+num_steps, because Zaremba's / the TF tutorial's loss is summed over the time steps
+of a segment and averaged over the batch, and their learning rate of 1.0 is tuned
+for that scale.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+
+from .errors import UserError
+from .gated_lstm import GateConfig
+from .language_model import LSTMLanguageModel, model_size
+
+
+class LanguageModelTask(L.LightningModule):
+    def __init__(
+        self,
+        vocab_size: int = 10000,
+        embedding_dim: int = 200,
+        hidden_sizes: list[int] = [200, 200],
+        dropout: float = 0.0,
+        init_scale: float = 0.1,
+        method: Literal["none", "l0"] = "l0",
+        reg_lambda: float = 0.0,
+        l0_penalty: Literal["weights", "neurons"] = "weights",
+        gate_beta: float = 2.0 / 3.0,
+        gate_gamma: float = -0.1,
+        gate_zeta: float = 1.1,
+        log_alpha_init_mean: float = 1.0,
+        log_alpha_init_std: float = 0.1,
+        lr: float = 1.0,
+        gate_lr: float | None = None,
+        lr_decay: float = 0.5,
+        lr_decay_start_epoch: int = 4,
+        max_grad_norm: float = 5.0,
+    ) -> None:
+        """
+        Args:
+            method: "none" trains the dense model (no gates); "l0" gates every input and
+                hidden neuron with hard concrete gates and penalises the expected L0.
+            reg_lambda: penalty strength, per token and per expected non-zero weight
+                (or per expected open gate with l0_penalty="neurons").
+            init_scale: weights and biases uniform in [-init_scale, init_scale].
+            lr, lr_decay, lr_decay_start_epoch: SGD learning rate; from epoch
+                lr_decay_start_epoch on (0-based epoch e), lr * lr_decay ** (e + 1 - start).
+            gate_lr: learning rate of the gates' log_alpha (default: lr); same schedule.
+            max_grad_norm: global-norm clip of the weights' gradients (gates excluded).
+        """
+        super().__init__()
+        if reg_lambda < 0:
+            raise UserError(f"model.reg_lambda must be >= 0, got {reg_lambda}")
+        if method == "none" and reg_lambda > 0:
+            raise UserError("model.reg_lambda > 0 needs a pruning method; set model.method=l0")
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"model.dropout must be in [0, 1), got {dropout}")
+        if lr <= 0 or (gate_lr is not None and gate_lr <= 0):
+            raise UserError("model.lr and model.gate_lr must be > 0")
+        if not hidden_sizes or min(hidden_sizes) < 1 or embedding_dim < 1:
+            raise UserError(f"model sizes must be positive, got embedding_dim={embedding_dim}, "
+                            f"hidden_sizes={hidden_sizes}")
+        self.save_hyperparameters()
+        gate_config = GateConfig(gate_beta, gate_gamma, gate_zeta, log_alpha_init_mean,
+                                 log_alpha_init_std)
+        self.model = LSTMLanguageModel(vocab_size, embedding_dim, list(hidden_sizes), dropout,
+                                       gated=(method == "l0"), init_scale=init_scale,
+                                       gate_config=gate_config)
+        self.val_ppl = Perplexity()
+        self.test_ppl = Perplexity()
+        self.train_ce = MeanMetric()
+        self._state = None
+        self.train_wall_time_s = 0.0
+        self._epoch_start = None
+
+    # ---- sizes ----------------------------------------------------------------------
+
+    def size_report(self) -> dict:
+        """Neurons kept per layer and the size of the model that export would write."""
+        rnn = self.model.rnn
+        kept = rnn.neurons_kept()
+        kept_hidden_masks = rnn.kept_hidden_masks()
+        hidden_after = [int(m.sum()) for m in kept_hidden_masks]
+        emb_after = kept["input"][0]
+        hp = self.hparams
+        before = model_size(hp.vocab_size, hp.embedding_dim, list(hp.hidden_sizes))
+        after = model_size(hp.vocab_size, max(emb_after, 1), [max(h, 1) for h in hidden_after])
+        return {
+            "neurons_kept": kept,
+            "neurons_total": {"input": list(rnn.input_sizes), "hidden": list(rnn.hidden_sizes)},
+            "expected_l0": float(rnn.expected_l0(hp.l0_penalty).detach()),
+            "params": {"before": before["params"], "after": after["params"]},
+            "lstm_params": {"before": before["lstm_params"], "after": after["lstm_params"]},
+            "flops_per_token": {"before": before["flops_per_token"],
+                                "after": after["flops_per_token"]},
+            "lstm_flops_per_token": {"before": before["lstm_flops_per_token"],
+                                     "after": after["lstm_flops_per_token"]},
+        }
+
+    # ---- steps ----------------------------------------------------------------------
+
+    def _step(self, batch):
+        x, y = batch
+        logits, state = self.model(x, self._state)
+        # truncated BPTT: carry the state into the next segment, but not its graph
+        self._state = [(h.detach(), c.detach()) for h, c in state]
+        return logits, y
+
+    def training_step(self, batch, batch_idx):
+        logits, y = self._step(batch)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        objective = ce
+        if self.hparams.method == "l0" and self.hparams.reg_lambda > 0:
+            penalty = self.hparams.reg_lambda * self.model.rnn.expected_l0(self.hparams.l0_penalty)
+            objective = ce + penalty
+            self.log("train/penalty", penalty, on_step=True, on_epoch=True)
+        if not torch.isfinite(objective):
+            raise UserError(f"the training loss became {objective.item()} at step "
+                            f"{self.global_step}; lower model.lr or model.reg_lambda")
+        self.train_ce.update(ce.detach(), weight=y.numel())
+        self.log("train/loss", ce, on_step=True, on_epoch=False, prog_bar=True)
+        return objective * y.shape[1]
+
+    def validation_step(self, batch, batch_idx):
+        logits, y = self._step(batch)
+        self.val_ppl.update(logits, y)
+
+    def test_step(self, batch, batch_idx):
+        logits, y = self._step(batch)
+        self.test_ppl.update(logits, y)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # The TF configs clip the network weights; the gates' penalty gradient must not
+        # shrink the weights' update, so log_alpha is left out of the norm.
+        torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.hparams.max_grad_norm)
+
+    # ---- epoch hooks ------------------------------------------------------------------
+
+    def on_train_epoch_start(self) -> None:
+        self._state = None
+        self._epoch_start = time.perf_counter()
+
+    def on_validation_epoch_start(self) -> None:
+        self._train_state, self._state = self._state, None
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val_ppl", self.val_ppl.compute(), prog_bar=True)
+        self.val_ppl.reset()
+        self._state = getattr(self, "_train_state", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._state = None
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test_ppl", self.test_ppl.compute())
+        self.test_ppl.reset()
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_start is not None:
+            self.train_wall_time_s += time.perf_counter() - self._epoch_start
+        if self.train_ce.update_count:
+            self.log("train_ppl", math.exp(min(float(self.train_ce.compute()), 50.0)))
+        self.train_ce.reset()
+        report = self.size_report()
+        metrics = {
+            "size/expected_l0": report["expected_l0"],
+            "size/params": float(report["params"]["after"]),
+            "size/flops_per_token": float(report["flops_per_token"]["after"]),
+            "lr": self.optimizers().param_groups[0]["lr"],
+        }
+        for kind in ("input", "hidden"):
+            for k, n in enumerate(report["neurons_kept"][kind]):
+                metrics[f"kept/{kind}_{k}"] = float(n)
+        self.log_dict(metrics)
+
+    # ---- optimisation -----------------------------------------------------------------
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = [{"params": self.model.weight_parameters(), "lr": hp.lr}]
+        gates = self.model.rnn.gate_parameters()
+        if gates:
+            groups.append({"params": gates, "lr": hp.gate_lr or hp.lr})
+        optimizer = torch.optim.SGD(groups, lr=hp.lr)
+
+        def factor(epoch: int) -> float:
+            return hp.lr_decay ** max(epoch + 1 - hp.lr_decay_start_epoch, 0)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ---- checkpoint extras --------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["train_wall_time_s"] = self.train_wall_time_s
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.train_wall_time_s = float(checkpoint.get("train_wall_time_s", 0.0))

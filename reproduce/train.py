@@ -1,0 +1,194 @@
+"""Train one configuration: `python -m reproduce.train --config reproduce/configs/<name>.yaml`.
+
+Every option can be overridden on the command line (`--model.reg_lambda=2e-6`,
+`--trainer.max_epochs=3`, `--run_dir=...`), which is how W&B sweep agents drive it.
+At the end it validates and tests the final weights, exports the pruned model to
+`<run_dir>/export/` and writes `<run_dir>/result.json` (atomically, last).
+Started again on an unfinished run dir, it resumes from `<run_dir>/checkpoints/last.ckpt`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import netrc
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lightning_modules.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULT_FILE = "result.json"
+
+
+def git_commit() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def wandb_mode(requested: str) -> str:
+    """auto: WANDB_MODE if set, online if an API key is configured, else offline."""
+    if requested != "auto":
+        return requested
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return {"dryrun": "offline", "run": "online"}.get(env, env)
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        pass
+    return "offline"
+
+
+def hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+
+
+def build_cli(args: list[str] | None):
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_modules.lm_task import LanguageModelTask
+    from lightning_modules.ptb_data import PTBDataModule
+
+    class TrainCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--run_dir", type=str, default="results/ptb/custom/run",
+                                help="where checkpoints, logs, export and result.json go")
+            parser.add_argument("--profile", type=str, default="custom",
+                                help="profile name recorded in result.json (smoke, small, paper)")
+            parser.add_argument("--wandb", type=str, default="auto",
+                                choices=["auto", "online", "offline", "disabled"],
+                                help="W&B mode; auto = online if you are logged in, else offline")
+            parser.add_argument("--wandb_project", type=str, default="neuron-selection-rnn")
+            parser.add_argument("--ckpt_path", type=str, default=None,
+                                help="checkpoint to resume from (default: the run dir's last.ckpt)")
+            parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+
+        def instantiate_trainer(self, **kwargs):
+            from lightning.pytorch.callbacks import (LearningRateMonitor, ModelCheckpoint,
+                                                     TQDMProgressBar)
+            from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+            cfg = self.config
+            run_dir = Path(cfg["run_dir"])
+            loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+            mode = wandb_mode(cfg["wandb"])
+            if mode != "disabled":
+                # a stable id, so that a resumed run continues the same W&B run
+                run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
+                (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
+                loggers.append(WandbLogger(project=cfg["wandb_project"], name=str(run_dir),
+                                           save_dir=str(run_dir), id=run_id,
+                                           offline=(mode == "offline"), resume="allow"))
+            callbacks = [
+                ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="epoch{epoch:03d}",
+                                auto_insert_metric_name=False, save_last=True, save_top_k=0),
+                LearningRateMonitor(logging_interval="epoch"),
+                # in a log file (no terminal) a bar refreshed every batch floods it
+                TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 200),
+            ]
+            kwargs.update(default_root_dir=str(run_dir), logger=loggers,
+                          callbacks=[*(self.config_init["trainer"].get("callbacks") or []), *callbacks])
+            return super().instantiate_trainer(**kwargs)
+
+    return TrainCLI(LanguageModelTask, PTBDataModule, run=False, args=args,
+                    seed_everything_default=1,
+                    parser_kwargs={"exit_on_error": False},
+                    save_config_kwargs={"overwrite": True},
+                    auto_configure_optimizers=False)
+
+
+def train(args: list[str] | None = None) -> dict:
+    started = time.time()
+    cli = build_cli(args)
+    cfg, trainer, model, data = cli.config, cli.trainer, cli.model, cli.datamodule
+    run_dir = Path(cfg["run_dir"])
+    if (run_dir / RESULT_FILE).exists():
+        raise UserError(f"{run_dir} already holds a finished run ({RESULT_FILE}); "
+                        "use another --run_dir or delete that folder to train again")
+    ckpt = cfg["ckpt_path"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt is None and last.exists():
+        ckpt = str(last)
+        print(f"resuming from {last}", file=sys.stderr)
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise UserError(f"checkpoint {ckpt} not found")
+
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt)
+    val = trainer.validate(model, datamodule=data, verbose=False)[0]
+    test = trainer.test(model, datamodule=data, verbose=False)[0]
+
+    from lightning_modules.export import export_language_model
+
+    export_dir = run_dir / "export"
+    size = model.size_report()
+    hp = model.hparams
+    export_language_model(model.model.cpu(), data.vocab, export_dir,
+                          extra={"method": hp.method, "reg_lambda": hp.reg_lambda})
+    config_files = [str(c) for c in (cfg.get("config") or [])]
+    result = {
+        "method": hp.method,
+        "lambda": hp.reg_lambda,
+        "l0_penalty": hp.l0_penalty if hp.method == "l0" else None,
+        "seed": cfg["seed_everything"],
+        "dataset": "ptb",
+        "profile": cfg["profile"],
+        "git_commit": git_commit(),
+        "config_path": config_files[0] if len(config_files) == 1 else config_files,
+        "command": " ".join(["python -m reproduce.train", *(args if args is not None else sys.argv[1:])]),
+        "metrics": {"val_ppl": float(val["val_ppl"]), "test_ppl": float(test["test_ppl"])},
+        "epochs": trainer.current_epoch,
+        "train_tokens": int(data.token_ids("train").numel()),
+        **size,
+        "speedup_flops": size["flops_per_token"]["before"] / size["flops_per_token"]["after"],
+        "wall_time_s": {"train": round(model.train_wall_time_s, 1),
+                        "this_invocation": round(time.time() - started, 1)},
+        "hardware": hardware(),
+        "export_path": "export",
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    from lightning_modules.atomic import atomic_write_json
+
+    atomic_write_json(run_dir / RESULT_FILE, result)
+    print(f"finished: {run_dir}/{RESULT_FILE}: val_ppl {result['metrics']['val_ppl']:.2f}, "
+          f"test_ppl {result['metrics']['test_ppl']:.2f}, hidden kept "
+          f"{size['neurons_kept']['hidden']}", file=sys.stderr)
+    return result
+
+
+def main(args: list[str] | None = None) -> int:
+    from jsonargparse import ArgumentError
+
+    try:
+        train(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ArgumentError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
