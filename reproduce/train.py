@@ -10,6 +10,7 @@ Started again on an unfinished run dir, it resumes from `<run_dir>/checkpoints/l
 from __future__ import annotations
 
 import hashlib
+import logging
 import netrc
 import os
 import platform
@@ -116,6 +117,8 @@ def build_cli(args: list[str] | None):
 
 def train(args: list[str] | None = None) -> dict:
     started = time.time()
+    # the seed goes into result.json; the INFO line would only clutter error output
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     cli = build_cli(args)
     cfg, trainer, model, data = cli.config, cli.trainer, cli.model, cli.datamodule
     run_dir = Path(cfg["run_dir"])

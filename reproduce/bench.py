@@ -1,0 +1,138 @@
+"""Speed benchmarks, measured side by side in one process (`make bench`).
+
+1. Training step (forward + backward, batch 20, 35 steps) of GatedLSTM (gates sampled,
+   masks applied, expected-L0 penalty) against a plain 2-layer `nn.LSTM`, at 200 and 650
+   units. Target: ratio <= 1.15 at 650 units.
+2. Inference latency of an exported (pruned) language model against the dense model it
+   came from, at batch 1 and batch 20, in eval mode without autograd.
+Timings alternate between the two models on every repeat, so both see the same machine
+state; the median and the interquartile spread are reported. Run it on an idle machine.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lightning_modules.atomic import atomic_write_json
+from lightning_modules.export import export_language_model, load_exported_language_model
+from lightning_modules.gated_lstm import GatedLSTM
+from lightning_modules.language_model import LSTMLanguageModel, model_size
+
+VOCAB_SIZE = 10000
+SEQ_LEN = 35
+
+
+def _time_pair(fn_a, fn_b, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, out in ((fn_a, a), (fn_b, b)):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return a, b
+
+
+def _stats(samples: list[float], scale: float = 1000.0) -> dict:
+    q = statistics.quantiles(samples, n=4) if len(samples) >= 4 else [min(samples), 0, max(samples)]
+    return {"median_ms": statistics.median(samples) * scale, "q1_ms": q[0] * scale,
+            "q3_ms": q[2] * scale, "n": len(samples)}
+
+
+def bench_train_step(hidden: int, repeats: int, warmup: int, batch: int = 20) -> dict:
+    torch.manual_seed(0)
+    gated = GatedLSTM(hidden, [hidden, hidden]).train()
+    plain = torch.nn.LSTM(hidden, hidden, num_layers=2)
+    x = torch.randn(SEQ_LEN, batch, hidden)
+
+    def gated_step():
+        gated.zero_grad(set_to_none=True)
+        out, _ = gated(x)
+        (out.square().mean() + 1e-7 * gated.expected_l0()).backward()
+
+    def plain_step():
+        plain.zero_grad(set_to_none=True)
+        out, _ = plain(x)
+        out.square().mean().backward()
+
+    g, p = _time_pair(gated_step, plain_step, repeats, warmup)
+    gs, ps = _stats(g), _stats(p)
+    return {"hidden": hidden, "batch": batch, "seq_len": SEQ_LEN, "gated": gs, "plain": ps,
+            "ratio": gs["median_ms"] / ps["median_ms"]}
+
+
+def _pruned_export(emb: int, hidden: list[int], keep: list[int], out_dir: Path):
+    """A gated LM whose gates keep the first `keep[k]` hidden neurons of layer k, exported."""
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(VOCAB_SIZE, emb, hidden)
+    for gate, n in zip(model.rnn.hidden_gates, keep):
+        gate.force_shut(list(range(n, gate.n)))
+    export_language_model(model.eval(), [str(i) for i in range(VOCAB_SIZE)], out_dir)
+    return load_exported_language_model(out_dir)[0]
+
+
+def bench_inference(dense_sizes: list[int], kept: list[int], repeats: int, warmup: int) -> list[dict]:
+    torch.manual_seed(0)
+    emb = dense_sizes[0]
+    dense = LSTMLanguageModel(VOCAB_SIZE, emb, dense_sizes, gated=False).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        pruned = _pruned_export(emb, dense_sizes, kept, Path(tmp) / "export").eval()
+    rows = []
+    for batch in (1, 20):
+        tokens = torch.randint(0, VOCAB_SIZE, (batch, SEQ_LEN))
+
+        def run(model):
+            with torch.inference_mode():
+                model(tokens)
+
+        d, p = _time_pair(lambda: run(dense), lambda: run(pruned), repeats, warmup)
+        ds, ps = _stats([t / SEQ_LEN for t in d]), _stats([t / SEQ_LEN for t in p])
+        before = model_size(VOCAB_SIZE, emb, dense_sizes)
+        after = model_size(VOCAB_SIZE, emb, kept)
+        rows.append({"batch": batch, "dense_sizes": dense_sizes, "pruned_sizes": kept,
+                     "dense_ms_per_step": ds, "pruned_ms_per_step": ps,
+                     "speedup": ds["median_ms"] / ps["median_ms"],
+                     "flops_ratio": before["flops_per_token"] / after["flops_per_token"],
+                     "lstm_flops_ratio": before["lstm_flops_per_token"] / after["lstm_flops_per_token"]})
+    return rows
+
+
+def run_bench(out: str, quick: bool = False) -> dict:
+    repeats, warmup = (5, 1) if quick else (30, 5)
+    train = [bench_train_step(h, repeats, warmup) for h in (200, 650)]
+    # pruned sizes: the ISS paper's learned (373, 315) out of 1500, scaled to these widths
+    inference = [*bench_inference([200, 200], [50, 42], repeats, warmup),
+                 *bench_inference([650, 650], [162, 137], repeats, warmup)]
+    result = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "hardware": f"{platform.processor() or platform.machine()}, "
+                    f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "quick": quick,
+        "train_step": train,
+        "inference": inference,
+    }
+    atomic_write_json(out, result)
+    print(f"\nTraining step, forward+backward, batch 20, {SEQ_LEN} steps ({result['hardware']})")
+    print("| hidden | GatedLSTM ms | nn.LSTM ms | ratio (target <= 1.15 at 650) |")
+    print("|---|---|---|---|")
+    for r in train:
+        print(f"| {r['hidden']} | {r['gated']['median_ms']:.1f} | {r['plain']['median_ms']:.1f} | "
+              f"{r['ratio']:.3f} |")
+    print("\nInference, whole LM (embedding + LSTM + 10k decoder), ms per time step")
+    print("| batch | dense sizes | pruned sizes | dense ms | pruned ms | speedup | FLOPs ratio | LSTM FLOPs ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in inference:
+        print(f"| {r['batch']} | {r['dense_sizes']} | {r['pruned_sizes']} | "
+              f"{r['dense_ms_per_step']['median_ms']:.3f} | {r['pruned_ms_per_step']['median_ms']:.3f} | "
+              f"{r['speedup']:.2f}x | {r['flops_ratio']:.2f}x | {r['lstm_flops_ratio']:.2f}x |")
+    print(f"\nwritten to {out}")
+    return result
