@@ -1,0 +1,42 @@
+# Neuron-selection pruning of RNNs: reproduction suite. `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU machines: pin torch to the CPU wheel (a bare torch would pull a multi-GB CUDA build).
+# On a GPU machine: make install TORCH_CONSTRAINTS=
+TORCH_CONSTRAINTS ?= constraints-cpu.txt
+PROFILE ?= auto
+# Tests never touch the network: the Hub is unreachable there and W&B stays offline.
+TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
+
+.PHONY: help install test test-fast reproduce-ptb bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+install:  ## create .venv and install the suite with its dev tools
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e '.[dev]'
+
+$(PY):
+	@echo "error: no virtual environment at $(VENV); run 'make install' first" >&2; exit 2
+
+test: | $(PY)  ## all tests, the end-to-end ones included (about 5 min on 2 cores)
+	$(TEST_ENV) $(PY) -m pytest
+
+test-fast: | $(PY)  ## unit tests only (skips the end-to-end runs marked slow)
+	$(TEST_ENV) $(PY) -m pytest -m "not slow"
+
+reproduce-ptb: | $(PY)  ## PTB runs of a profile: PROFILE=smoke|small|paper (default: paper on GPU, else small)
+	$(PY) -m reproduce profile ptb --profile $(PROFILE)
+
+bench: | $(PY)  ## speed benchmarks -> results/bench/bench.json (run on an idle machine)
+	$(PY) -m reproduce bench
+
+lint: | $(PY)  ## ruff
+	$(PY) -m ruff check lightning_modules reproduce tests
+
+clean:  ## remove caches (keeps results/ and .venv)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +
