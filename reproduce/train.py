@@ -98,8 +98,10 @@ def build_cli(args: list[str] | None):
                                            save_dir=str(run_dir), id=run_id,
                                            offline=(mode == "offline"), resume="allow"))
             callbacks = [
+                # every epoch: last.ckpt plus the two newest epoch checkpoints (a fallback)
                 ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="epoch{epoch:03d}",
-                                auto_insert_metric_name=False, save_last=True, save_top_k=0),
+                                auto_insert_metric_name=False, save_last=True,
+                                monitor="step", mode="max", save_top_k=2),
                 LearningRateMonitor(logging_interval="epoch"),
                 # in a log file (no terminal) a bar refreshed every batch floods it
                 TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 200),
@@ -117,6 +119,7 @@ def build_cli(args: list[str] | None):
 
 def train(args: list[str] | None = None) -> dict:
     started = time.time()
+    commit = git_commit()  # the code this invocation runs, not what HEAD is when it ends
     # the seed goes into result.json; the INFO line would only clutter error output
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     cli = build_cli(args)
@@ -152,7 +155,7 @@ def train(args: list[str] | None = None) -> dict:
         "seed": cfg["seed_everything"],
         "dataset": "ptb",
         "profile": cfg["profile"],
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "config_path": config_files[0] if len(config_files) == 1 else config_files,
         "command": " ".join(["python -m reproduce.train", *(args if args is not None else sys.argv[1:])]),
         "metrics": {"val_ppl": float(val["val_ppl"]), "test_ppl": float(test["test_ppl"])},
