@@ -70,9 +70,9 @@ class GatedLSTM(nn.Module):
         self.gated = gated
         if gated:
             gc = gate_config
-            kw = dict(beta=gc.beta, gamma=gc.gamma, zeta=gc.zeta,
-                      log_alpha_init_mean=gc.log_alpha_init_mean,
-                      log_alpha_init_std=gc.log_alpha_init_std)
+            kw = {"beta": gc.beta, "gamma": gc.gamma, "zeta": gc.zeta,
+                  "log_alpha_init_mean": gc.log_alpha_init_mean,
+                  "log_alpha_init_std": gc.log_alpha_init_std}
             self.input_gates = nn.ModuleList(HardConcreteGate(i, **kw) for i in self.input_sizes)
             self.hidden_gates = nn.ModuleList(HardConcreteGate(h, **kw) for h in self.hidden_sizes)
 

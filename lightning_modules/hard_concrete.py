@@ -30,7 +30,7 @@ class HardConcreteGate(nn.Module):
         log_alpha_init_std: float = 0.1,
     ) -> None:
         super().__init__()
-        if not (gamma < 0.0 < 1.0 < zeta):
+        if not (gamma < 0.0 and zeta > 1.0):
             raise ValueError(f"hard concrete needs gamma < 0 and zeta > 1, got {gamma=}, {zeta=}")
         if beta <= 0:
             raise ValueError(f"hard concrete needs beta > 0, got {beta=}")

@@ -32,7 +32,7 @@ class LanguageModelTask(L.LightningModule):
         self,
         vocab_size: int = 10000,
         embedding_dim: int = 200,
-        hidden_sizes: list[int] = [200, 200],
+        hidden_sizes: list[int] = [200, 200],  # noqa: B006 (never mutated; the CLI shows it)
         dropout: float = 0.0,
         init_scale: float = 0.1,
         method: Literal["none", "l0"] = "l0",

@@ -11,7 +11,6 @@ state; the median and the interquartile spread are reported. Run it on an idle m
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import tempfile
@@ -90,7 +89,7 @@ def bench_inference(dense_sizes: list[int], kept: list[int], repeats: int, warmu
     for batch in (1, 20):
         tokens = torch.randint(0, VOCAB_SIZE, (batch, SEQ_LEN))
 
-        def run(model):
+        def run(model, tokens=tokens):
             with torch.inference_mode():
                 model(tokens)
 

@@ -58,7 +58,8 @@ def hardware() -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA)"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
 
 
 def build_cli(args: list[str] | None):
@@ -78,12 +79,16 @@ def build_cli(args: list[str] | None):
                                 help="W&B mode; auto = online if you are logged in, else offline")
             parser.add_argument("--wandb_project", type=str, default="neuron-selection-rnn")
             parser.add_argument("--ckpt_path", type=str, default=None,
-                                help="checkpoint to resume from (default: the run dir's last.ckpt)")
+                                help="checkpoint to resume from, or 'last' (default: the run "
+                                     "dir's last.ckpt if there is one)")
             parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
 
         def instantiate_trainer(self, **kwargs):
-            from lightning.pytorch.callbacks import (LearningRateMonitor, ModelCheckpoint,
-                                                     TQDMProgressBar)
+            from lightning.pytorch.callbacks import (
+                LearningRateMonitor,
+                ModelCheckpoint,
+                TQDMProgressBar,
+            )
             from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
             cfg = self.config
@@ -103,9 +108,10 @@ def build_cli(args: list[str] | None):
                                 auto_insert_metric_name=False, save_last=True,
                                 monitor="step", mode="max", save_top_k=2),
                 LearningRateMonitor(logging_interval="epoch"),
-                # in a log file (no terminal) a bar refreshed every batch floods it
-                TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 200),
             ]
+            if self.config_init["trainer"].get("enable_progress_bar") is not False:
+                # in a log file (no terminal) a bar refreshed every batch floods it
+                callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 200))
             kwargs.update(default_root_dir=str(run_dir), logger=loggers,
                           callbacks=[*(self.config_init["trainer"].get("callbacks") or []), *callbacks])
             return super().instantiate_trainer(**kwargs)
@@ -130,7 +136,11 @@ def train(args: list[str] | None = None) -> dict:
                         "use another --run_dir or delete that folder to train again")
     ckpt = cfg["ckpt_path"]
     last = run_dir / "checkpoints" / "last.ckpt"
-    if ckpt is None and last.exists():
+    if ckpt == "last":
+        if not last.exists():
+            raise UserError(f"--ckpt_path last: {last} does not exist yet")
+        ckpt = str(last)
+    elif ckpt is None and last.exists():
         ckpt = str(last)
         print(f"resuming from {last}", file=sys.stderr)
     if ckpt is not None and not Path(ckpt).is_file():
@@ -180,10 +190,11 @@ def train(args: list[str] | None = None) -> dict:
 
 def main(args: list[str] | None = None) -> int:
     from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
         train(args)
-    except UserError as e:
+    except (UserError, MisconfigurationException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ArgumentError as e:

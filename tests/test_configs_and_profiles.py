@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from reproduce import profiles
 from reproduce.train import main as train_main
 

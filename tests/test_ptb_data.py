@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import SHARED_PTB
+
 from lightning_modules import ptb_data
 from lightning_modules.errors import UserError
 from lightning_modules.ptb_data import LMWindows, PTBDataModule

@@ -1,14 +1,13 @@
 """The training command end to end (tiny budget) and its handling of bad input."""
 
 import csv
-import gzip
 import json
 import math
 
 import pytest
 import torch
-
 from conftest import REPO, run_cli
+
 from lightning_modules.export import load_exported_language_model
 
 SMOKE = str(REPO / "reproduce" / "configs" / "ptb_smoke_l0.yaml")
