@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 # On a GPU machine: make install TORCH_CONSTRAINTS=
 TORCH_CONSTRAINTS ?= constraints-cpu.txt
 PROFILE ?= auto
+# make bench also times the trained small exports against each other once they exist
+SMALL_RUNS := results/ptb/small
+BENCH_ARGS ?= $(if $(and $(wildcard $(SMALL_RUNS)/dense/export/config.json),$(wildcard $(SMALL_RUNS)/l0/export/config.json)),--compare $(SMALL_RUNS)/dense/export $(SMALL_RUNS)/l0/export)
 # Tests never touch the network: the Hub is unreachable there and W&B stays offline.
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
@@ -32,7 +35,7 @@ reproduce-ptb: | $(PY)  ## PTB runs of a profile: PROFILE=smoke|small|paper (def
 	$(PY) -m reproduce profile ptb --profile $(PROFILE)
 
 bench: | $(PY)  ## speed benchmarks -> results/bench/bench.json (run on an idle machine)
-	$(PY) -m reproduce bench
+	$(PY) -m reproduce bench $(BENCH_ARGS)
 
 lint: | $(PY)  ## ruff
 	$(PY) -m ruff check lightning_modules reproduce tests

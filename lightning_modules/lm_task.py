@@ -12,8 +12,10 @@ for that scale.
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -25,6 +27,8 @@ from torchmetrics.text import Perplexity
 from .errors import UserError
 from .gated_lstm import GateConfig
 from .language_model import LSTMLanguageModel, model_size
+
+GATE_HISTORY_FILE = "gate_history.jsonl"
 
 
 class LanguageModelTask(L.LightningModule):
@@ -185,6 +189,27 @@ class LanguageModelTask(L.LightningModule):
             for k, n in enumerate(report["neurons_kept"][kind]):
                 metrics[f"kept/{kind}_{k}"] = float(n)
         self.log_dict(metrics)
+        self._append_gate_history()
+
+    def _append_gate_history(self) -> None:
+        """P(z != 0) of every gate after each epoch, one JSON line per epoch (for plots).
+
+        A resumed run may repeat an epoch's line; readers keep the last line per epoch.
+        """
+        rnn = self.model.rnn
+        if not rnn.gated or self.trainer is None or not self.trainer.is_global_zero:
+            return
+        with torch.no_grad():
+            entry = {
+                "epoch": self.current_epoch,
+                "step": self.global_step,
+                "input": [[round(p, 4) for p in g.prob_nonzero().tolist()] for g in rnn.input_gates],
+                "hidden": [[round(p, 4) for p in g.prob_nonzero().tolist()] for g in rnn.hidden_gates],
+            }
+        path = Path(self.trainer.default_root_dir) / GATE_HISTORY_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
 
     # ---- optimisation -----------------------------------------------------------------
 

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="GatedLSTM vs nn.LSTM step time; exported vs dense latency")
     b.add_argument("--out", default="results/bench/bench.json")
     b.add_argument("--quick", action="store_true", help="few repeats (a check that it runs)")
+    b.add_argument("--compare", nargs=2, metavar=("DENSE_EXPORT", "PRUNED_EXPORT"),
+                   help="also time two exported models, e.g. results/ptb/small/{dense,l0}/export")
     args = parser.parse_args(argv)
     try:
         if args.command == "profile":
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             from .bench import run_bench
 
-            run_bench(args.out, quick=args.quick)
+            run_bench(args.out, quick=args.quick, compare=args.compare)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -79,15 +79,34 @@ def _pruned_export(emb: int, hidden: list[int], keep: list[int], out_dir: Path):
     return load_exported_language_model(out_dir)[0]
 
 
-def bench_inference(dense_sizes: list[int], kept: list[int], repeats: int, warmup: int) -> list[dict]:
+def bench_synthetic_prune(dense_sizes: list[int], kept: list[int], repeats: int, warmup: int) -> list[dict]:
+    """Dense model against the export of the same model with gates forced shut."""
     torch.manual_seed(0)
-    emb = dense_sizes[0]
-    dense = LSTMLanguageModel(VOCAB_SIZE, emb, dense_sizes, gated=False).eval()
+    dense = LSTMLanguageModel(VOCAB_SIZE, dense_sizes[0], dense_sizes, gated=False).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        pruned = _pruned_export(emb, dense_sizes, kept, Path(tmp) / "export").eval()
+        pruned = _pruned_export(dense_sizes[0], dense_sizes, kept, Path(tmp) / "export").eval()
+    return bench_inference(dense, pruned, repeats, warmup, "synthetic: gates forced shut")
+
+
+def bench_exports(dense_dir: str, pruned_dir: str, repeats: int, warmup: int) -> list[dict]:
+    """Two exported run dirs' models, e.g. a trained dense baseline and a trained L0 model."""
+    dense, _ = load_exported_language_model(dense_dir)
+    pruned, _ = load_exported_language_model(pruned_dir)
+    return bench_inference(dense, pruned, repeats, warmup, f"{pruned_dir} vs {dense_dir}")
+
+
+def _sizes(model: LSTMLanguageModel) -> tuple[int, list[int]]:
+    return model.embedding.embedding_dim, list(model.rnn.hidden_sizes)
+
+
+def bench_inference(dense: LSTMLanguageModel, pruned: LSTMLanguageModel, repeats: int, warmup: int,
+                    source: str) -> list[dict]:
+    (dense_emb, dense_sizes), (pruned_emb, kept) = _sizes(dense), _sizes(pruned)
+    before = model_size(dense.vocab_size, dense_emb, dense_sizes)
+    after = model_size(pruned.vocab_size, pruned_emb, kept)
     rows = []
     for batch in (1, 20):
-        tokens = torch.randint(0, VOCAB_SIZE, (batch, SEQ_LEN))
+        tokens = torch.randint(0, dense.vocab_size, (batch, SEQ_LEN))
 
         def run(model, tokens=tokens):
             with torch.inference_mode():
@@ -95,9 +114,7 @@ def bench_inference(dense_sizes: list[int], kept: list[int], repeats: int, warmu
 
         d, p = _time_pair(lambda: run(dense), lambda: run(pruned), repeats, warmup)
         ds, ps = _stats([t / SEQ_LEN for t in d]), _stats([t / SEQ_LEN for t in p])
-        before = model_size(VOCAB_SIZE, emb, dense_sizes)
-        after = model_size(VOCAB_SIZE, emb, kept)
-        rows.append({"batch": batch, "dense_sizes": dense_sizes, "pruned_sizes": kept,
+        rows.append({"source": source, "batch": batch, "dense_sizes": dense_sizes, "pruned_sizes": kept,
                      "dense_ms_per_step": ds, "pruned_ms_per_step": ps,
                      "speedup": ds["median_ms"] / ps["median_ms"],
                      "flops_ratio": before["flops_per_token"] / after["flops_per_token"],
@@ -105,12 +122,14 @@ def bench_inference(dense_sizes: list[int], kept: list[int], repeats: int, warmu
     return rows
 
 
-def run_bench(out: str, quick: bool = False) -> dict:
+def run_bench(out: str, quick: bool = False, compare: list[str] | None = None) -> dict:
     repeats, warmup = (5, 1) if quick else (30, 5)
     train = [bench_train_step(h, repeats, warmup) for h in (200, 650)]
     # pruned sizes: the ISS paper's learned (373, 315) out of 1500, scaled to these widths
-    inference = [*bench_inference([200, 200], [50, 42], repeats, warmup),
-                 *bench_inference([650, 650], [162, 137], repeats, warmup)]
+    inference = [*bench_synthetic_prune([200, 200], [50, 42], repeats, warmup),
+                 *bench_synthetic_prune([650, 650], [162, 137], repeats, warmup)]
+    if compare:
+        inference += bench_exports(compare[0], compare[1], repeats, warmup)
     result = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "hardware": f"{platform.processor() or platform.machine()}, "
@@ -127,10 +146,11 @@ def run_bench(out: str, quick: bool = False) -> dict:
         print(f"| {r['hidden']} | {r['gated']['median_ms']:.1f} | {r['plain']['median_ms']:.1f} | "
               f"{r['ratio']:.3f} |")
     print("\nInference, whole LM (embedding + LSTM + 10k decoder), ms per time step")
-    print("| batch | dense sizes | pruned sizes | dense ms | pruned ms | speedup | FLOPs ratio | LSTM FLOPs ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| models | batch | dense sizes | pruned sizes | dense ms | pruned ms | speedup | FLOPs ratio "
+          "| LSTM FLOPs ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in inference:
-        print(f"| {r['batch']} | {r['dense_sizes']} | {r['pruned_sizes']} | "
+        print(f"| {r['source']} | {r['batch']} | {r['dense_sizes']} | {r['pruned_sizes']} | "
               f"{r['dense_ms_per_step']['median_ms']:.3f} | {r['pruned_ms_per_step']['median_ms']:.3f} | "
               f"{r['speedup']:.2f}x | {r['flops_ratio']:.2f}x | {r['lstm_flops_ratio']:.2f}x |")
     print(f"\nwritten to {out}")

@@ -86,7 +86,10 @@ def run_profile(dataset: str, profile: str, results_root: str = "results",
         speed = elapsed_min / expected_done if expected_done else 1.0
         print(f"[{i}/{len(runs)}] {run.name}: training ({run.config}); profile ETA "
               f"{_fmt_minutes(left * speed)}", file=sys.stderr)
-        cmd = [sys.executable, "-m", "reproduce.train", "--config", str(CONFIG_DIR / run.config),
+        config = CONFIG_DIR / run.config
+        # recorded in result.json: keep it repo-relative when run from the repo root
+        rel = os.path.relpath(config)
+        cmd = [sys.executable, "-m", "reproduce.train", "--config", config if rel.startswith("..") else rel,
                "--run_dir", str(run_dir), "--profile", profile, *(extra_args or [])]
         proc = subprocess.run(cmd, env=os.environ.copy())
         if proc.returncode != 0:

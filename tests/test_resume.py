@@ -4,8 +4,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import REPO
+
 from reproduce.train import main as train_main
 
 DENSE = str(REPO / "reproduce" / "configs" / "ptb_smoke_dense.yaml")

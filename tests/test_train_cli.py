@@ -46,6 +46,10 @@ def test_fit_writes_result_export_and_logs(finished_run):
     for key in ("val_ppl", "kept/hidden_0", "kept/input_1", "size/expected_l0", "size/params",
                 "size/flops_per_token", "test_ppl"):
         assert key in logged, key
+    history = [json.loads(line) for line in (run_dir / "gate_history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert [len(p) for p in history[-1]["hidden"]] == [24, 20]
+    assert all(0 <= p <= 1 for layer in history[-1]["input"] for p in layer)
 
 
 @pytest.mark.slow
