@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lightning_modules.errors import UserError
+from .user_errors import report_user_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--compare", nargs=2, metavar=("DENSE_EXPORT", "PRUNED_EXPORT"),
                    help="also time two exported models, e.g. results/ptb/small/{dense,l0}/export")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         if args.command == "profile":
             from .profiles import run_profile
 
@@ -36,14 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import run_bench
 
             run_bench(args.out, quick=args.quick, compare=args.compare)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again: finished runs are skipped",
-              file=sys.stderr)
-        return 130
-    return 0
+
+    return report_user_errors(run, "run the same command again: finished runs are skipped")
 
 
 if __name__ == "__main__":

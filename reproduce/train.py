@@ -189,22 +189,10 @@ def train(args: list[str] | None = None) -> dict:
 
 
 def main(args: list[str] | None = None) -> int:
-    from jsonargparse import ArgumentError
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from .user_errors import report_user_errors
 
-    try:
-        train(args)
-    except (UserError, MisconfigurationException) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ArgumentError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume from the last checkpoint",
-              file=sys.stderr)
-        return 130
-    return 0
+    return report_user_errors(lambda: train(args),
+                              "run the same command again to resume from the last checkpoint")
 
 
 if __name__ == "__main__":
