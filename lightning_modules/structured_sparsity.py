@@ -1,0 +1,107 @@
+"""Building blocks of the Lasso-type baselines: ISS group norms, penalties, thresholding, schedules.
+
+ISS component of hidden neuron k of LSTM layer l (Wen et al. 2018, "intrinsic sparse
+structures"): every weight that only exists because neuron k exists, i.e.
+  - row k of each of the four gate blocks (i, f, g, o) of weight_ih, weight_hh and both biases,
+  - column k of weight_hh (its recurrent output),
+  - column k of its consumer: the next layer's weight_ih, or the decoder.
+Each weight belongs to the group once (row k and column k of weight_hh share 4 entries).
+A group that is all zeros is a removable neuron.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
+    # the norm of an all-zero group has no gradient; use 0 (a subgradient) instead of NaN
+    positive = sq > 0
+    return torch.where(positive, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), torch.zeros_like(sq))
+
+
+def iss_group_squares(layers: list[nn.LSTM], decoder_weight: torch.Tensor) -> list[torch.Tensor]:
+    """Sum of squares of each hidden neuron's ISS group, one tensor of size H per layer."""
+    out = []
+    for k, lstm in enumerate(layers):
+        hidden = lstm.hidden_size
+        w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
+        rows = (w_ih.view(4, hidden, -1).square().sum((0, 2))
+                + w_hh.view(4, hidden, hidden).square().sum((0, 2))
+                + lstm.bias_ih_l0.view(4, hidden).square().sum(0)
+                + lstm.bias_hh_l0.view(4, hidden).square().sum(0))
+        recurrent_cols = w_hh.square().sum(0)
+        overlap = torch.diagonal(w_hh.view(4, hidden, hidden), dim1=1, dim2=2).square().sum(0)
+        consumer = layers[k + 1].weight_ih_l0 if k + 1 < len(layers) else decoder_weight
+        out.append(rows + recurrent_cols - overlap + consumer.square().sum(0))
+    return out
+
+
+def iss_group_norms(layers: list[nn.LSTM], decoder_weight: torch.Tensor) -> list[torch.Tensor]:
+    return [_safe_sqrt(sq) for sq in iss_group_squares(layers, decoder_weight)]
+
+
+def input_group_norms(layers: list[nn.LSTM], embedding_weight: torch.Tensor) -> torch.Tensor:
+    """Optional groups on the first layer's input neurons: embedding column i + weight_ih column i."""
+    return _safe_sqrt(embedding_weight.square().sum(0) + layers[0].weight_ih_l0.square().sum(0))
+
+
+def group_lasso_penalty(layers: list[nn.LSTM], decoder_weight: torch.Tensor,
+                        embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over ISS groups of their L2 norms (times lambda at the call site)."""
+    total = sum(norms.sum() for norms in iss_group_norms(layers, decoder_weight))
+    if embedding_weight is not None:
+        total = total + input_group_norms(layers, embedding_weight).sum()
+    return total
+
+
+def lstm_weight_matrices(layers: list[nn.LSTM]) -> list[torch.Tensor]:
+    return [w for lstm in layers for w in (lstm.weight_ih_l0, lstm.weight_hh_l0)]
+
+
+def l1_penalty(weights: list[torch.Tensor]) -> torch.Tensor:
+    return sum(w.abs().sum() for w in weights)
+
+
+@torch.no_grad()
+def threshold_(weights: list[torch.Tensor], threshold: float) -> int:
+    """Set every weight with |w| < threshold to exactly 0 (in place); returns how many are zero."""
+    zeros = 0
+    for w in weights:
+        w.masked_fill_(w.abs() < threshold, 0.0)
+        zeros += int((w == 0).sum())
+    return zeros
+
+
+def zero_groups(layers: list[nn.LSTM], decoder_weight: torch.Tensor) -> list[torch.Tensor]:
+    """Boolean mask per layer of the hidden neurons whose ISS group is entirely zero."""
+    with torch.no_grad():
+        return [sq == 0 for sq in iss_group_squares(layers, decoder_weight)]
+
+
+def zhu_gupta_sparsity(step: int, begin_step: int, end_step: int, final_sparsity: float,
+                       initial_sparsity: float = 0.0) -> float:
+    """Gradual pruning schedule (Zhu & Gupta 2017): a cubic ramp from initial to final sparsity.
+
+    s(t) = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))^3 for t0 <= t <= t1,
+    s_i before t0 and s_f after t1.
+    """
+    if not 0.0 <= initial_sparsity <= final_sparsity < 1.0:
+        raise ValueError(f"need 0 <= initial ({initial_sparsity}) <= final ({final_sparsity}) < 1")
+    if end_step <= begin_step:
+        raise ValueError(f"end_step ({end_step}) must come after begin_step ({begin_step})")
+    if step <= begin_step:
+        return initial_sparsity
+    if step >= end_step:
+        return final_sparsity
+    progress = (step - begin_step) / (end_step - begin_step)
+    return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - progress) ** 3
+
+
+def scheduled_neuron_count(step: int, begin_step: int, end_step: int, total: int, target: int) -> int:
+    """Neurons to keep at `step` when removing (total - target) neurons on the cubic schedule."""
+    if not 0 < target <= total:
+        raise ValueError(f"target neurons must be in 1..{total}, got {target}")
+    sparsity = zhu_gupta_sparsity(step, begin_step, end_step, 1.0 - target / total)
+    return max(target, round(total * (1.0 - sparsity)))
