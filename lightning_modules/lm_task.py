@@ -96,12 +96,11 @@ class LanguageModelTask(L.LightningModule):
         """Neurons kept per layer and the size of the model that export would write."""
         rnn = self.model.rnn
         kept = rnn.neurons_kept()
-        kept_hidden_masks = rnn.kept_hidden_masks()
-        hidden_after = [int(m.sum()) for m in kept_hidden_masks]
-        emb_after = kept["input"][0]
         hp = self.hparams
         before = model_size(hp.vocab_size, hp.embedding_dim, list(hp.hidden_sizes))
-        after = model_size(hp.vocab_size, max(emb_after, 1), [max(h, 1) for h in hidden_after])
+        # the exported embedding keeps layer 0's surviving inputs; a layer reads all the
+        # surviving neurons of the one below (max(.., 1): sizes of a model export refuses)
+        after = model_size(hp.vocab_size, max(kept["input"][0], 1), [max(h, 1) for h in kept["hidden"]])
         return {
             "neurons_kept": kept,
             "neurons_total": {"input": list(rnn.input_sizes), "hidden": list(rnn.hidden_sizes)},

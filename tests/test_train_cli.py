@@ -59,6 +59,7 @@ def test_export_reproduces_the_reported_test_perplexity(finished_run, ptb):
     result = json.loads((run_dir / "result.json").read_text())
     model, config = load_exported_language_model(run_dir / result["export_path"])
     assert config["hidden_sizes"] == result["neurons_kept"]["hidden"]
+    assert sum(p.numel() for p in model.parameters()) == result["params"]["after"]
     assert config["vocab"] == ptb.vocab
     ids = ptb.token_ids("test")
     steps = 20  # the smoke config's num_steps; Zaremba windows leave the last (n-1) % steps unscored
