@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_replace_dir, atomic_write_json
 from .errors import UserError
 from .language_model import LSTMLanguageModel, model_size
+from .structured_sparsity import zero_groups
 
 FORMAT = "neuron-selection-lstm-lm/1"
 
@@ -31,16 +32,29 @@ def _gate_rows(keep: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def neuron_scales(model: LSTMLanguageModel) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The factor each input and hidden neuron's output is multiplied by in eval; 0 = removable.
+
+    Gated: the test-time gate values. Ungated (dense, or trained with a Lasso-type
+    penalty): 1, except 0 for a hidden neuron whose whole ISS group is zero and for a
+    first-layer input whose weight_ih column is zero; nothing reads those.
+    """
+    rnn = model.rnn
+    if rnn.gated:
+        return ([g.deterministic() for g in rnn.input_gates],
+                [g.deterministic() for g in rnn.hidden_gates])
+    z_in = [torch.ones(i, device=model.decoder.weight.device) for i in rnn.input_sizes]
+    z_hid = [(~dead).to(z_in[0].dtype) for dead in zero_groups(list(rnn.layers), model.decoder.weight)]
+    z_in[0][(rnn.layers[0].weight_ih_l0 == 0).all(0)] = 0.0
+    return z_in, z_hid
+
+
+@torch.no_grad()
 def pruned_state_dict(model: LSTMLanguageModel) -> tuple[dict[str, torch.Tensor], dict]:
-    """Remove switched-off neurons and fold the test-time gate values into the weights."""
+    """Remove switched-off neurons and fold the surviving scales (gate values) into the weights."""
     rnn = model.rnn
     n = rnn.num_layers
-    if rnn.gated:
-        z_in = [g.deterministic() for g in rnn.input_gates]
-        z_hid = [g.deterministic() for g in rnn.hidden_gates]
-    else:
-        z_in = [torch.ones(i) for i in rnn.input_sizes]
-        z_hid = [torch.ones(h) for h in rnn.hidden_sizes]
+    z_in, z_hid = neuron_scales(model)
     keep_hid = [z > 0 for z in z_hid]
     for k, keep in enumerate(keep_hid):
         if not keep.any():
