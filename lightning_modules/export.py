@@ -49,6 +49,14 @@ def neuron_scales(model: LSTMLanguageModel) -> tuple[list[torch.Tensor], list[to
     return z_in, z_hid
 
 
+def neurons_kept(model: LSTMLanguageModel) -> dict[str, list[int]]:
+    """Surviving neurons per layer. An input of layer k > 0 survives if its own gate and the
+    producing neuron below both do (the export still stores a zero column for the former)."""
+    z_in, z_hid = neuron_scales(model)
+    inputs = [z_in[0] > 0, *[(z_in[k] > 0) & (z_hid[k - 1] > 0) for k in range(1, len(z_in))]]
+    return {"input": [int(m.sum()) for m in inputs], "hidden": [int((z > 0).sum()) for z in z_hid]}
+
+
 @torch.no_grad()
 def pruned_state_dict(model: LSTMLanguageModel) -> tuple[dict[str, torch.Tensor], dict]:
     """Remove switched-off neurons and fold the surviving scales (gate values) into the weights."""

@@ -112,30 +112,7 @@ class GatedLSTM(nn.Module):
             x = x * z_hid[-1]
         return self.dropout(x), new_state
 
-    # ---- what the gates say about the model's size --------------------------------
-
-    def kept_input_masks(self) -> list[torch.Tensor]:
-        """Input neurons of each layer that survive at test time (own gate and producer's gate)."""
-        if not self.gated:
-            return [torch.ones(i, dtype=torch.bool) for i in self.input_sizes]
-        masks = []
-        for k, g in enumerate(self.input_gates):
-            m = g.kept_mask()
-            if k > 0:
-                m = m & self.hidden_gates[k - 1].kept_mask()
-            masks.append(m)
-        return masks
-
-    def kept_hidden_masks(self) -> list[torch.Tensor]:
-        if not self.gated:
-            return [torch.ones(h, dtype=torch.bool) for h in self.hidden_sizes]
-        return [g.kept_mask() for g in self.hidden_gates]
-
-    def neurons_kept(self) -> dict[str, list[int]]:
-        return {
-            "input": [int(m.sum()) for m in self.kept_input_masks()],
-            "hidden": [int(m.sum()) for m in self.kept_hidden_masks()],
-        }
+    # ---- the gates' expected size (what survives is export.neurons_kept) ---------------
 
     def expected_l0(self, penalty: str = "weights") -> torch.Tensor:
         """Differentiable expected L0 under the gate distribution.

@@ -25,10 +25,24 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from .errors import UserError
+from .export import neurons_kept
 from .gated_lstm import GateConfig
 from .language_model import LSTMLanguageModel, model_size
+from .pruning_methods import build_pruning_method
+from .structured_sparsity import lstm_weight_matrices
 
 GATE_HISTORY_FILE = "gate_history.jsonl"
+
+
+def sizes_from_result(path: str) -> tuple[int, list[int]]:
+    """(embedding_dim, hidden_sizes) that a finished run kept, read from its result.json."""
+    try:
+        kept = json.loads(Path(path).read_text())["neurons_kept"]
+        return int(kept["input"][0]), [int(h) for h in kept["hidden"]]
+    except FileNotFoundError:
+        raise UserError(f"model.sizes_from: {path} not found; give a finished run's result.json") from None
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as e:
+        raise UserError(f"model.sizes_from: {path} has no usable neurons_kept ({e!r})") from None
 
 
 class LanguageModelTask(L.LightningModule):
@@ -39,9 +53,18 @@ class LanguageModelTask(L.LightningModule):
         hidden_sizes: list[int] = [200, 200],  # noqa: B006 (never mutated; the CLI shows it)
         dropout: float = 0.0,
         init_scale: float = 0.1,
-        method: Literal["none", "l0"] = "l0",
+        method: Literal["none", "l0", "group_lasso", "lasso", "magnitude"] = "l0",
         reg_lambda: float = 0.0,
         l0_penalty: Literal["weights", "neurons"] = "weights",
+        zero_threshold: float | None = None,
+        input_groups: bool = False,
+        structured: bool = True,
+        target_sparsity: float | None = None,
+        target_neurons: list[int] | None = None,
+        prune_begin_step: int = 0,
+        prune_end_step: int = 1000,
+        prune_every: int = 100,
+        sizes_from: str | None = None,
         gate_beta: float = 2.0 / 3.0,
         gate_gamma: float = -0.1,
         gate_zeta: float = 1.1,
@@ -55,10 +78,19 @@ class LanguageModelTask(L.LightningModule):
     ) -> None:
         """
         Args:
-            method: "none" trains the dense model (no gates); "l0" gates every input and
-                hidden neuron with hard concrete gates and penalises the expected L0.
-            reg_lambda: penalty strength, per token and per expected non-zero weight
-                (or per expected open gate with l0_penalty="neurons").
+            method: see lightning_modules/pruning_methods.py. "none": dense; "l0": hard
+                concrete gates on every input and hidden neuron, penalty on the expected L0;
+                "group_lasso": ISS; "lasso": L1; "magnitude": gradual magnitude pruning.
+            reg_lambda: penalty strength per token: per expected non-zero weight (l0), per
+                unit of group norm (group_lasso) or of |w| (lasso).
+            zero_threshold: group_lasso/lasso zero every weight below it after each step
+                (default max(1e-4, 2 * reg_lambda * num_steps), the iss-rnns rule).
+            input_groups: group_lasso also groups the first layer's input neurons.
+            structured, target_sparsity, target_neurons, prune_begin_step, prune_end_step,
+                prune_every: magnitude pruning: by ISS group to target_neurons per layer, or
+                unstructured to target_sparsity, on the Zhu & Gupta cubic schedule.
+            sizes_from: a run's result.json; the dense model gets its surviving sizes
+                (the "direct design" control: the pruned sizes trained from scratch).
             init_scale: weights and biases uniform in [-init_scale, init_scale].
             lr, lr_decay, lr_decay_start_epoch: SGD learning rate; from epoch
                 lr_decay_start_epoch on (0-based epoch e), lr * lr_decay ** (e + 1 - start).
@@ -68,8 +100,10 @@ class LanguageModelTask(L.LightningModule):
         super().__init__()
         if reg_lambda < 0:
             raise UserError(f"model.reg_lambda must be >= 0, got {reg_lambda}")
-        if method == "none" and reg_lambda > 0:
-            raise UserError("model.reg_lambda > 0 needs a pruning method; set model.method=l0")
+        if sizes_from is not None:
+            if method != "none":
+                raise UserError("model.sizes_from (direct design) trains a dense model; set model.method=none")
+            embedding_dim, hidden_sizes = sizes_from_result(sizes_from)
         if not 0.0 <= dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), got {dropout}")
         if lr <= 0 or (gate_lr is not None and gate_lr <= 0):
@@ -78,11 +112,18 @@ class LanguageModelTask(L.LightningModule):
             raise UserError(f"model sizes must be positive, got embedding_dim={embedding_dim}, "
                             f"hidden_sizes={hidden_sizes}")
         self.save_hyperparameters()
+        # the sizes actually built (sizes_from may have replaced the arguments)
+        self.hparams.update(embedding_dim=embedding_dim, hidden_sizes=list(hidden_sizes))
         gate_config = GateConfig(gate_beta, gate_gamma, gate_zeta, log_alpha_init_mean,
                                  log_alpha_init_std)
         self.model = LSTMLanguageModel(vocab_size, embedding_dim, list(hidden_sizes), dropout,
                                        gated=(method == "l0"), init_scale=init_scale,
                                        gate_config=gate_config)
+        self.pruning = build_pruning_method(
+            method, self.model, reg_lambda=reg_lambda, l0_penalty=l0_penalty,
+            zero_threshold=zero_threshold, input_groups=input_groups, structured=structured,
+            target_sparsity=target_sparsity, target_neurons=target_neurons,
+            prune_begin_step=prune_begin_step, prune_end_step=prune_end_step, prune_every=prune_every)
         self.val_ppl = Perplexity()
         self.test_ppl = Perplexity()
         self.train_ce = MeanMetric()
@@ -95,7 +136,8 @@ class LanguageModelTask(L.LightningModule):
     def size_report(self) -> dict:
         """Neurons kept per layer and the size of the model that export would write."""
         rnn = self.model.rnn
-        kept = rnn.neurons_kept()
+        kept = neurons_kept(self.model)
+        weights = lstm_weight_matrices(list(rnn.layers))
         hp = self.hparams
         before = model_size(hp.vocab_size, hp.embedding_dim, list(hp.hidden_sizes))
         # the exported embedding keeps layer 0's surviving inputs; a layer reads all the
@@ -105,6 +147,8 @@ class LanguageModelTask(L.LightningModule):
             "neurons_kept": kept,
             "neurons_total": {"input": list(rnn.input_sizes), "hidden": list(rnn.hidden_sizes)},
             "expected_l0": float(rnn.expected_l0(hp.l0_penalty).detach()),
+            "lstm_weight_sparsity": float(sum(int((w == 0).sum()) for w in weights)
+                                          / sum(w.numel() for w in weights)),
             "params": {"before": before["params"], "after": after["params"]},
             "lstm_params": {"before": before["lstm_params"], "after": after["lstm_params"]},
             "flops_per_token": {"before": before["flops_per_token"],
@@ -126,8 +170,8 @@ class LanguageModelTask(L.LightningModule):
         logits, y = self._step(batch)
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         objective = ce
-        if self.hparams.method == "l0" and self.hparams.reg_lambda > 0:
-            penalty = self.hparams.reg_lambda * self.model.rnn.expected_l0(self.hparams.l0_penalty)
+        penalty = self.pruning.penalty(self.model)
+        if penalty is not None:
             objective = ce + penalty
             self.log("train/penalty", penalty, on_step=True, on_epoch=True)
         if not torch.isfinite(objective):
@@ -144,6 +188,10 @@ class LanguageModelTask(L.LightningModule):
     def test_step(self, batch, batch_idx):
         logits, y = self._step(batch)
         self.test_ppl.update(logits, y)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # after the optimizer step: thresholding / masking of the Lasso and magnitude methods
+        self.pruning.after_optimizer_step(self.model, self.global_step, batch[0].shape[1])
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # The TF configs clip the network weights; the gates' penalty gradient must not

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from lightning_modules.errors import UserError
-from lightning_modules.export import export_language_model, load_exported_language_model
+from lightning_modules.export import export_language_model, load_exported_language_model, neurons_kept
 from lightning_modules.language_model import LSTMLanguageModel
 
 VOCAB = [f"w{i}" for i in range(40)]
@@ -35,7 +35,7 @@ def test_export_reproduces_gated_model(tmp_path, emb, hidden, shut):
     config = export_language_model(model, VOCAB, tmp_path / "export")
     plain, loaded_config = load_exported_language_model(tmp_path / "export")
     assert loaded_config == config
-    kept = model.rnn.neurons_kept()
+    kept = neurons_kept(model)
     assert config["hidden_sizes"] == kept["hidden"]
     assert config["embedding_dim"] == kept["input"][0]
     assert config["hidden_sizes"] != hidden  # something was physically removed

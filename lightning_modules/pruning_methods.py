@@ -1,0 +1,213 @@
+"""Pruning methods behind one interface, so the LightningModule never branches on a method name.
+
+A method may add a penalty to the per-token objective, may act after each optimizer
+step (thresholding, masking), and decides whether the LSTM is gated. Which neurons
+survive is read off the model itself by `export.neuron_scales` (gate values, or
+all-zero ISS groups), so every method exports and reports sizes the same way.
+
+Methods:
+  none         dense training (also the "direct design" control: a dense model of given sizes)
+  l0           hard concrete gates, penalty reg_lambda * E[L0] (GatedLSTM.expected_l0)
+  group_lasso  ISS (Wen et al. 2018): reg_lambda * sum of ISS group L2 norms, small weights zeroed
+  lasso        reg_lambda * sum |w| over the LSTM weight matrices, small weights zeroed
+  magnitude    gradual magnitude pruning (Zhu & Gupta 2017), unstructured or by ISS group
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .language_model import LSTMLanguageModel
+from .structured_sparsity import (
+    group_lasso_penalty,
+    iss_group_norms,
+    l1_penalty,
+    lstm_weight_matrices,
+    scheduled_neuron_count,
+    threshold_,
+    zhu_gupta_sparsity,
+)
+
+METHODS = ("none", "l0", "group_lasso", "lasso", "magnitude")
+
+
+class PruningMethod(nn.Module):
+    """Base: dense training. Subclasses override what they need. An nn.Module so that any
+    state (magnitude masks) is saved in checkpoints with the model."""
+
+    gated = False
+
+    def penalty(self, model: LSTMLanguageModel) -> torch.Tensor | None:
+        """Per-token penalty added to the cross-entropy (None: no penalty)."""
+        return None
+
+    def after_optimizer_step(self, model: LSTMLanguageModel, step: int, num_steps: int) -> None:
+        """Called after every optimizer step; `step` counts optimizer steps done (from 1)."""
+
+
+class L0Gates(PruningMethod):
+    gated = True
+
+    def __init__(self, reg_lambda: float, form: str) -> None:
+        super().__init__()
+        self.reg_lambda, self.form = reg_lambda, form
+
+    def penalty(self, model):
+        if self.reg_lambda == 0:
+            return None
+        return self.reg_lambda * model.rnn.expected_l0(self.form)
+
+
+class _Thresholded(PruningMethod):
+    """Lasso-type methods zero every weight below a threshold after each step, as ISS did.
+
+    threshold None: max(1e-4, 2 * reg_lambda * num_steps), the iss-rnns rule
+    max(1e-4, 2 * global_decay) with its penalty scale (summed over a segment's steps).
+    """
+
+    def __init__(self, reg_lambda: float, threshold: float | None) -> None:
+        super().__init__()
+        self.reg_lambda, self.threshold = reg_lambda, threshold
+
+    def threshold_for(self, num_steps: int) -> float:
+        if self.threshold is not None:
+            return self.threshold
+        return max(1e-4, 2.0 * self.reg_lambda * num_steps)
+
+    def thresholded_tensors(self, model: LSTMLanguageModel) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, model, step, num_steps):
+        if self.reg_lambda > 0 or self.threshold is not None:
+            threshold_(self.thresholded_tensors(model), self.threshold_for(num_steps))
+
+
+class GroupLasso(_Thresholded):
+    def __init__(self, reg_lambda: float, threshold: float | None, input_groups: bool) -> None:
+        super().__init__(reg_lambda, threshold)
+        self.input_groups = input_groups
+
+    def penalty(self, model):
+        if self.reg_lambda == 0:
+            return None
+        emb = model.embedding.weight if self.input_groups else None
+        return self.reg_lambda * group_lasso_penalty(list(model.rnn.layers), model.decoder.weight, emb)
+
+    def thresholded_tensors(self, model):
+        # every tensor an ISS group lives in, so that whole groups can reach exact zero
+        tensors = [p for lstm in model.rnn.layers for p in lstm.parameters()]
+        return [*tensors, model.decoder.weight] + ([model.embedding.weight] if self.input_groups else [])
+
+
+class Lasso(_Thresholded):
+    def penalty(self, model):
+        if self.reg_lambda == 0:
+            return None
+        return self.reg_lambda * l1_penalty(lstm_weight_matrices(list(model.rnn.layers)))
+
+    def thresholded_tensors(self, model):
+        return lstm_weight_matrices(list(model.rnn.layers))
+
+
+class Magnitude(PruningMethod):
+    """Gradual magnitude pruning with fixed masks: what is pruned stays pruned.
+
+    Unstructured: each LSTM weight matrix is pruned to `target_sparsity` on the cubic
+    schedule. Structured: each layer keeps its `target_neurons[k]` neurons with the
+    largest ISS group norm; the other groups are zeroed, and export removes them.
+    Masks are updated every `prune_every` steps between begin and end, and re-applied
+    after every step.
+    """
+
+    def __init__(self, model: LSTMLanguageModel, structured: bool, target_sparsity: float | None,
+                 target_neurons: list[int] | None, begin_step: int, end_step: int, every: int) -> None:
+        super().__init__()
+        self.structured, self.begin, self.end, self.every = structured, begin_step, end_step, every
+        sizes = model.rnn.hidden_sizes
+        if structured:
+            if not target_neurons or len(target_neurons) != len(sizes) or any(
+                    not 0 < t <= h for t, h in zip(target_neurons, sizes)):
+                raise UserError(f"magnitude pruning with structured=true needs model.target_neurons: one "
+                                f"count per layer in 1..hidden size, got {target_neurons} for {sizes}")
+            self.target_neurons = list(target_neurons)
+            for k, h in enumerate(sizes):
+                self.register_buffer(f"alive_{k}", torch.ones(h, dtype=torch.bool))
+        else:
+            if target_sparsity is None or not 0.0 <= target_sparsity < 1.0:
+                raise UserError("magnitude pruning with structured=false needs model.target_sparsity "
+                                f"in [0, 1), got {target_sparsity}")
+            self.target_sparsity = target_sparsity
+            for k, w in enumerate(lstm_weight_matrices(list(model.rnn.layers))):
+                self.register_buffer(f"mask_{k}", torch.ones_like(w, dtype=torch.bool))
+        if not 0 <= begin_step < end_step or every < 1:
+            raise UserError(f"magnitude pruning needs 0 <= prune_begin_step < prune_end_step and "
+                            f"prune_every >= 1, got {begin_step}, {end_step}, {every}")
+
+    def alive(self) -> list[torch.Tensor]:
+        return [getattr(self, f"alive_{k}") for k in range(len(self.target_neurons))]
+
+    def masks(self) -> list[torch.Tensor]:
+        return [b for name, b in self.named_buffers() if name.startswith("mask_")]
+
+    @torch.no_grad()
+    def update_masks(self, model: LSTMLanguageModel, step: int) -> None:
+        layers = list(model.rnn.layers)
+        if self.structured:
+            norms = iss_group_norms(layers, model.decoder.weight)
+            for k, (alive, h) in enumerate(zip(self.alive(), model.rnn.hidden_sizes)):
+                keep = scheduled_neuron_count(step, self.begin, self.end, h, self.target_neurons[k])
+                if keep < int(alive.sum()):
+                    score = torch.where(alive, norms[k], torch.full_like(norms[k], -1.0))
+                    alive.zero_()
+                    alive[torch.topk(score, keep).indices] = True
+        else:
+            sparsity = zhu_gupta_sparsity(step, self.begin, self.end, self.target_sparsity)
+            for w, mask in zip(lstm_weight_matrices(layers), self.masks()):
+                n_prune = int(round(sparsity * w.numel()))
+                if n_prune > int((~mask).sum()):
+                    score = torch.where(mask, w.abs(), torch.full_like(w, -1.0)).flatten()
+                    mask.view(-1)[torch.topk(score, n_prune, largest=False).indices] = False
+
+    @torch.no_grad()
+    def apply_masks(self, model: LSTMLanguageModel) -> None:
+        layers = list(model.rnn.layers)
+        if self.structured:
+            for k, (lstm, alive) in enumerate(zip(layers, self.alive())):
+                dead = ~alive
+                rows = dead.repeat(4)  # the neuron's row in each of the i, f, g, o blocks
+                for p in lstm.parameters():
+                    p[rows] = 0.0
+                lstm.weight_hh_l0[:, dead] = 0.0
+                consumer = layers[k + 1].weight_ih_l0 if k + 1 < len(layers) else model.decoder.weight
+                consumer[:, dead] = 0.0
+        else:
+            for w, mask in zip(lstm_weight_matrices(layers), self.masks()):
+                w.mul_(mask)
+
+    def after_optimizer_step(self, model, step, num_steps):
+        if step >= self.begin and (step - self.begin) % self.every == 0 and step <= self.end + self.every:
+            self.update_masks(model, min(step, self.end))
+        self.apply_masks(model)
+
+
+def build_pruning_method(method: str, model: LSTMLanguageModel, *, reg_lambda: float, l0_penalty: str,
+                         zero_threshold: float | None, input_groups: bool, structured: bool,
+                         target_sparsity: float | None, target_neurons: list[int] | None,
+                         prune_begin_step: int, prune_end_step: int, prune_every: int) -> PruningMethod:
+    if method not in METHODS:
+        raise UserError(f"unknown pruning method {method!r}; use one of {', '.join(METHODS)}")
+    if method in ("none", "magnitude") and reg_lambda > 0:
+        raise UserError(f"model.reg_lambda > 0 has no effect with method={method}; set it to 0 "
+                        "or use l0, group_lasso or lasso")
+    if method == "none":
+        return PruningMethod()
+    if method == "l0":
+        return L0Gates(reg_lambda, l0_penalty)
+    if method == "group_lasso":
+        return GroupLasso(reg_lambda, zero_threshold, input_groups)
+    if method == "lasso":
+        return Lasso(reg_lambda, zero_threshold)
+    return Magnitude(model, structured, target_sparsity, target_neurons, prune_begin_step,
+                     prune_end_step, prune_every)

@@ -1,0 +1,139 @@
+"""Every pruning method through the one interface the LightningModule uses."""
+
+import json
+
+import pytest
+import torch
+
+from lightning_modules.errors import UserError
+from lightning_modules.export import export_language_model, load_exported_language_model, neurons_kept
+from lightning_modules.language_model import LSTMLanguageModel
+from lightning_modules.lm_task import LanguageModelTask
+from lightning_modules.pruning_methods import build_pruning_method
+from lightning_modules.structured_sparsity import group_lasso_penalty, lstm_weight_matrices
+
+VOCAB = [f"w{i}" for i in range(30)]
+DEFAULTS = {"reg_lambda": 0.0, "l0_penalty": "weights", "zero_threshold": None, "input_groups": False,
+            "structured": True, "target_sparsity": None, "target_neurons": None,
+            "prune_begin_step": 0, "prune_end_step": 10, "prune_every": 2}
+
+
+def _model(gated=False, seed=0):
+    torch.manual_seed(seed)
+    return LSTMLanguageModel(len(VOCAB), 10, [12, 9], gated=gated)
+
+
+def _method(name, model, **kw):
+    return build_pruning_method(name, model, **{**DEFAULTS, **kw})
+
+
+def test_group_lasso_penalty_and_thresholding():
+    model = _model()
+    method = _method("group_lasso", model, reg_lambda=1e-3, zero_threshold=0.05)
+    expected = 1e-3 * group_lasso_penalty(list(model.rnn.layers), model.decoder.weight)
+    assert torch.allclose(method.penalty(model), expected)
+    method.after_optimizer_step(model, step=1, num_steps=20)
+    for t in method.thresholded_tensors(model):
+        assert ((t == 0) | (t.abs() >= 0.05)).all()
+    # the default threshold is the iss-rnns rule max(1e-4, 2 * lambda) at their loss scale
+    assert _method("group_lasso", model, reg_lambda=1e-4).threshold_for(num_steps=35) == pytest.approx(7e-3)
+    assert _method("group_lasso", model, reg_lambda=1e-7).threshold_for(num_steps=35) == 1e-4
+
+
+def test_lasso_thresholds_only_lstm_weights():
+    model = _model()
+    method = _method("lasso", model, reg_lambda=1e-3, zero_threshold=0.05)
+    decoder_before = model.decoder.weight.detach().clone()
+    method.after_optimizer_step(model, step=1, num_steps=20)
+    for w in lstm_weight_matrices(list(model.rnn.layers)):
+        assert ((w == 0) | (w.abs() >= 0.05)).all()
+    assert torch.equal(model.decoder.weight, decoder_before)
+    assert torch.allclose(method.penalty(model),
+                          1e-3 * sum(w.abs().sum() for w in lstm_weight_matrices(list(model.rnn.layers))))
+
+
+def test_structured_magnitude_reaches_targets_and_exports_the_masked_model(tmp_path):
+    model = _model().eval()
+    method = _method("magnitude", model, target_neurons=[5, 4])
+    kept_over_time = []
+    for step in range(1, 13):
+        with torch.no_grad():  # a stand-in for an optimizer step that revives pruned weights
+            for p in model.parameters():
+                p.add_(0.01)
+        method.after_optimizer_step(model, step, num_steps=20)
+        kept_over_time.append(neurons_kept(model)["hidden"])
+    assert kept_over_time[-1] == [5, 4]
+    assert [k[0] for k in kept_over_time] == sorted([k[0] for k in kept_over_time], reverse=True)
+    config = export_language_model(model, VOCAB, tmp_path / "e")
+    assert config["hidden_sizes"] == [5, 4]
+    plain, _ = load_exported_language_model(tmp_path / "e")
+    tokens = torch.randint(0, len(VOCAB), (2, 8))
+    with torch.no_grad():
+        assert (plain(tokens)[0] - model(tokens)[0]).abs().max() <= 1e-5
+
+
+def test_unstructured_magnitude_hits_sparsity_and_keeps_masks_fixed():
+    model = _model()
+    method = _method("magnitude", model, structured=False, target_sparsity=0.75)
+    method.after_optimizer_step(model, step=10, num_steps=20)
+    weights = lstm_weight_matrices(list(model.rnn.layers))
+    for w in weights:
+        assert abs(float((w == 0).float().mean()) - 0.75) < 0.01
+    zero_before = [w == 0 for w in weights]
+    with torch.no_grad():
+        for w in weights:
+            w.add_(1.0)
+    method.after_optimizer_step(model, step=11, num_steps=20)
+    for w, z in zip(weights, zero_before):
+        assert torch.equal(w == 0, z)
+    assert neurons_kept(model)["hidden"] == [12, 9]  # unstructured: no neuron removed, no speedup
+
+
+def test_method_arguments_are_checked():
+    model = _model()
+    with pytest.raises(UserError, match="target_neurons"):
+        _method("magnitude", model, target_neurons=[20, 4])
+    with pytest.raises(UserError, match="target_sparsity"):
+        _method("magnitude", model, structured=False)
+    with pytest.raises(UserError, match="no effect with method=none"):
+        _method("none", model, reg_lambda=1e-6)
+    with pytest.raises(UserError, match="unknown pruning method"):
+        _method("prune_everything", model)
+
+
+def test_direct_design_reads_sizes_from_a_result(tmp_path):
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"neurons_kept": {"input": [150, 120], "hidden": [120, 95]}}))
+    task = LanguageModelTask(vocab_size=50, method="none", sizes_from=str(result))
+    assert task.model.embedding.embedding_dim == 150
+    assert task.model.rnn.hidden_sizes == [120, 95]
+    assert task.hparams.hidden_sizes == [120, 95]
+    with pytest.raises(UserError, match="not found"):
+        LanguageModelTask(vocab_size=50, method="none", sizes_from=str(tmp_path / "none.json"))
+    with pytest.raises(UserError, match="set model.method=none"):
+        LanguageModelTask(vocab_size=50, method="l0", sizes_from=str(result))
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@pytest.mark.parametrize("method,extra", [
+    ("l0", {"reg_lambda": 1e-6}), ("group_lasso", {"reg_lambda": 1e-4}), ("lasso", {"reg_lambda": 1e-4}),
+    ("magnitude", {"target_neurons": [6, 5], "prune_end_step": 4, "prune_every": 1}),
+    ("none", {}),
+])
+def test_training_steps_through_the_lightning_module(method, extra):
+    torch.manual_seed(0)
+    task = LanguageModelTask(vocab_size=len(VOCAB), embedding_dim=8, hidden_sizes=[10, 10], method=method,
+                             **extra)
+    opt = torch.optim.SGD(task.parameters(), lr=0.5)
+    x = torch.randint(0, len(VOCAB), (3, 6))
+    for step in range(1, 6):
+        loss = task.training_step((x, x.roll(-1, 1)), step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        task.pruning.after_optimizer_step(task.model, step, 6)
+    report = task.size_report()
+    if method == "magnitude":
+        assert report["neurons_kept"]["hidden"] == [6, 5]
+        assert report["flops_per_token"]["after"] < report["flops_per_token"]["before"]
+    assert torch.isfinite(loss)
