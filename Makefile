@@ -31,7 +31,7 @@ test: | $(PY)  ## all tests, the end-to-end ones included (about 6 min on 2 core
 test-fast: | $(PY)  ## unit tests only (skips the end-to-end runs marked slow)
 	$(TEST_ENV) $(PY) -m pytest -m "not slow"
 
-reproduce-ptb: | $(PY)  ## PTB runs of a profile: PROFILE=smoke|small|paper (default: paper on GPU, else small)
+reproduce-ptb: | $(PY)  ## PTB runs of a profile: PROFILE=smoke|smoke-baselines|small|paper (default: paper on GPU, else small)
 	$(PY) -m reproduce profile ptb --profile $(PROFILE)
 
 bench: | $(PY)  ## speed benchmarks -> results/bench/bench.json (run on an idle machine)

@@ -31,6 +31,11 @@ PROFILES: dict[str, dict[str, list[PlannedRun]]] = {
     "ptb": {
         "smoke": [PlannedRun("dense", "ptb_smoke_dense.yaml", 1.5),
                   PlannedRun("l0", "ptb_smoke_l0.yaml", 1.5)],
+        # kept apart so that `smoke` stays a < 5 min check; `direct` reads smoke/l0's sizes
+        "smoke-baselines": [PlannedRun("group_lasso", "ptb_smoke_group_lasso.yaml", 1.5),
+                            PlannedRun("lasso", "ptb_smoke_lasso.yaml", 1.5),
+                            PlannedRun("magnitude", "ptb_smoke_magnitude.yaml", 1.5),
+                            PlannedRun("direct", "ptb_smoke_direct.yaml", 1.5)],
         "small": [PlannedRun("dense", "ptb_small_dense.yaml", 50),
                   PlannedRun("l0", "ptb_small_l0.yaml", 55)],
         "paper": [PlannedRun("medium_dense", "ptb_medium_dense.yaml", 39 * 12),

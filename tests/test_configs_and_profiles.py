@@ -14,6 +14,9 @@ SHRINK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
           "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2",
           "--trainer.accelerator=cpu", "--model.embedding_dim=8", "--model.hidden_sizes=[8,8]",
           "--wandb=disabled"]
+# a config's own pruning targets, shrunk with the model
+SHRINK_TARGETS = {"magnitude": ["--model.target_neurons=[4,4]", "--model.prune_begin_step=0",
+                                "--model.prune_end_step=2", "--model.prune_every=1"]}
 
 
 def test_every_profile_config_exists():
@@ -29,7 +32,13 @@ def test_every_profile_config_exists():
 def test_config_runs_shrunk(tmp_path, config):
     header = config.read_text().splitlines()[:6]
     assert any(line.startswith("# Command: python -m reproduce.train") for line in header)
-    assert train_main(["--config", str(config), "--run_dir", str(tmp_path / "run"), *SHRINK]) == 0
+    extra = []
+    if "sizes_from:" in config.read_text():  # direct design reads another run's sizes
+        source = tmp_path / "source_result.json"
+        source.write_text(json.dumps({"neurons_kept": {"input": [8, 6], "hidden": [6, 5]}}))
+        extra = [f"--model.sizes_from={source}"]
+    extra += next((v for k, v in SHRINK_TARGETS.items() if k in config.stem), [])
+    assert train_main(["--config", str(config), "--run_dir", str(tmp_path / "run"), *SHRINK, *extra]) == 0
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["config_path"] == str(config)
 
