@@ -28,7 +28,7 @@ from .errors import UserError
 from .export import neurons_kept
 from .gated_lstm import GateConfig
 from .language_model import LSTMLanguageModel, model_size
-from .pruning_methods import build_pruning_method
+from .pruning_methods import GATED_METHODS, build_pruning_method
 from .structured_sparsity import lstm_weight_matrices
 
 GATE_HISTORY_FILE = "gate_history.jsonl"
@@ -117,7 +117,7 @@ class LanguageModelTask(L.LightningModule):
         gate_config = GateConfig(gate_beta, gate_gamma, gate_zeta, log_alpha_init_mean,
                                  log_alpha_init_std)
         self.model = LSTMLanguageModel(vocab_size, embedding_dim, list(hidden_sizes), dropout,
-                                       gated=(method == "l0"), init_scale=init_scale,
+                                       gated=method in GATED_METHODS, init_scale=init_scale,
                                        gate_config=gate_config)
         self.pruning = build_pruning_method(
             method, self.model, reg_lambda=reg_lambda, l0_penalty=l0_penalty,

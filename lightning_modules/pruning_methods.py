@@ -1,7 +1,7 @@
 """Pruning methods behind one interface, so the LightningModule never branches on a method name.
 
-A method may add a penalty to the per-token objective, may act after each optimizer
-step (thresholding, masking), and decides whether the LSTM is gated. Which neurons
+A method may add a penalty to the per-token objective and may act after each optimizer
+step (thresholding, masking); GATED_METHODS get an LSTM with gates. Which neurons
 survive is read off the model itself by `export.neuron_scales` (gate values, or
 all-zero ISS groups), so every method exports and reports sizes the same way.
 
@@ -31,13 +31,12 @@ from .structured_sparsity import (
 )
 
 METHODS = ("none", "l0", "group_lasso", "lasso", "magnitude")
+GATED_METHODS = ("l0",)  # the LSTM is built with hard concrete gates for these
 
 
 class PruningMethod(nn.Module):
     """Base: dense training. Subclasses override what they need. An nn.Module so that any
     state (magnitude masks) is saved in checkpoints with the model."""
-
-    gated = False
 
     def penalty(self, model: LSTMLanguageModel) -> torch.Tensor | None:
         """Per-token penalty added to the cross-entropy (None: no penalty)."""
@@ -48,8 +47,6 @@ class PruningMethod(nn.Module):
 
 
 class L0Gates(PruningMethod):
-    gated = True
-
     def __init__(self, reg_lambda: float, form: str) -> None:
         super().__init__()
         self.reg_lambda, self.form = reg_lambda, form

@@ -162,6 +162,7 @@ def train(args: list[str] | None = None) -> dict:
         "method": hp.method,
         "lambda": hp.reg_lambda,
         "l0_penalty": hp.l0_penalty if hp.method == "l0" else None,
+        "model_hparams": dict(hp),
         "seed": cfg["seed_everything"],
         "dataset": "ptb",
         "profile": cfg["profile"],
