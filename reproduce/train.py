@@ -9,7 +9,9 @@ Started again on an unfinished run dir, it resumes from `<run_dir>/checkpoints/l
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import logging
 import netrc
 import os
@@ -17,8 +19,10 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
+from lightning_modules.atomic import atomic_write_json, atomic_write_text
 from lightning_modules.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +64,37 @@ def hardware() -> str:
         return f"{torch.cuda.get_device_name(0)} (CUDA)"
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+
+
+def set_aside_metrics(run_dir: Path) -> None:
+    """Lightning's CSV logger deletes an existing metrics.csv when it starts; on a resume
+    keep it as metrics.part-N.csv, to be merged back by `merge_metrics_parts`."""
+    current = run_dir / "metrics.csv"
+    if current.exists():
+        n = len(list(run_dir.glob("metrics.part-*.csv")))
+        current.rename(run_dir / f"metrics.part-{n:03d}.csv")
+
+
+def merge_metrics_parts(run_dir: Path) -> None:
+    """One metrics.csv with every invocation's rows, oldest first (rows of an epoch that was
+    interrupted and redone appear twice; readers keep the last row per step)."""
+    parts = sorted(run_dir.glob("metrics.part-*.csv"))
+    if not parts:
+        return
+    rows, fields = [], []
+    for f in [*parts, run_dir / "metrics.csv"]:
+        if f.exists():
+            with open(f, newline="") as fh:
+                reader = csv.DictReader(fh)
+                fields += [k for k in reader.fieldnames or [] if k not in fields]
+                rows += list(reader)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
+    for f in parts:
+        f.unlink()
 
 
 def build_cli(args: list[str] | None):
@@ -128,6 +163,10 @@ def train(args: list[str] | None = None) -> dict:
     commit = git_commit()  # the code this invocation runs, not what HEAD is when it ends
     # the seed goes into result.json; the INFO line would only clutter error output
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    # a deprecation inside Lightning itself, printed on every run; nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\) is deprecated")
+    # the run dir is never empty; the old metrics.csv is set aside and merged back (below)
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     cli = build_cli(args)
     cfg, trainer, model, data = cli.config, cli.trainer, cli.model, cli.datamodule
     run_dir = Path(cfg["run_dir"])
@@ -145,10 +184,14 @@ def train(args: list[str] | None = None) -> dict:
         print(f"resuming from {last}", file=sys.stderr)
     if ckpt is not None and not Path(ckpt).is_file():
         raise UserError(f"checkpoint {ckpt} not found")
+    if ckpt is not None:
+        set_aside_metrics(run_dir)
 
     trainer.fit(model, datamodule=data, ckpt_path=ckpt)
     val = trainer.validate(model, datamodule=data, verbose=False)[0]
     test = trainer.test(model, datamodule=data, verbose=False)[0]
+    trainer.loggers[0].save()  # flush the CSV before merging
+    merge_metrics_parts(run_dir)
 
     from lightning_modules.export import export_language_model
 
@@ -180,8 +223,6 @@ def train(args: list[str] | None = None) -> dict:
         "export_path": "export",
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    from lightning_modules.atomic import atomic_write_json
-
     atomic_write_json(run_dir / RESULT_FILE, result)
     print(f"finished: {run_dir}/{RESULT_FILE}: val_ppl {result['metrics']['val_ppl']:.2f}, "
           f"test_ppl {result['metrics']['test_ppl']:.2f}, hidden kept "
