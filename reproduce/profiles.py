@@ -36,8 +36,8 @@ PROFILES: dict[str, dict[str, list[PlannedRun]]] = {
                             PlannedRun("lasso", "ptb_smoke_lasso.yaml", 1.5),
                             PlannedRun("magnitude", "ptb_smoke_magnitude.yaml", 1.5),
                             PlannedRun("direct", "ptb_smoke_direct.yaml", 1.5)],
-        "small": [PlannedRun("dense", "ptb_small_dense.yaml", 50),
-                  PlannedRun("l0", "ptb_small_l0.yaml", 55)],
+        "small": [PlannedRun("dense", "ptb_small_dense.yaml", 80),
+                  PlannedRun("l0", "ptb_small_l0.yaml", 80)],
         "paper": [PlannedRun("medium_dense", "ptb_medium_dense.yaml", 39 * 12),
                   PlannedRun("medium_l0", "ptb_medium_l0.yaml", 39 * 13),
                   PlannedRun("large_dense", "ptb_large_dense.yaml", 55 * 50),
@@ -53,7 +53,7 @@ def resolve_profile(profile: str) -> str:
 
     if torch.cuda.is_available():
         return "paper"
-    print("No GPU found: running the 'small' profile (Zaremba small, about 45 min per run on "
+    print("No GPU found: running the 'small' profile (Zaremba small, about 80 min per run on "
           "2 CPU cores).\nThe paper-scale runs need a GPU: make reproduce-ptb PROFILE=paper",
           file=sys.stderr)
     return "small"
