@@ -6,13 +6,15 @@ PY := $(VENV)/bin/python
 # On a GPU machine: make install TORCH_CONSTRAINTS=
 TORCH_CONSTRAINTS ?= constraints-cpu.txt
 PROFILE ?= auto
+SIZES ?= 1500,1500 373,315
+WORKERS ?= 1
 # make bench also times the trained small exports against each other once they exist
 SMALL_RUNS := results/ptb/small
 BENCH_ARGS ?= $(if $(and $(wildcard $(SMALL_RUNS)/dense/export/config.json),$(wildcard $(SMALL_RUNS)/l0/export/config.json)),--compare $(SMALL_RUNS)/dense/export $(SMALL_RUNS)/l0/export)
 # Tests never touch the network: the Hub is unreachable there and W&B stays offline.
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: help install test test-fast reproduce-ptb bench lint clean
+.PHONY: help install test test-fast reproduce-ptb reproduce-squad tables speed sweep bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -33,6 +35,18 @@ test-fast: | $(PY)  ## unit tests only (skips the end-to-end runs marked slow)
 
 reproduce-ptb: | $(PY)  ## PTB runs of a profile: PROFILE=smoke|smoke-baselines|small|paper (default: paper on GPU, else small)
 	$(PY) -m reproduce profile ptb --profile $(PROFILE)
+
+reproduce-squad: | $(PY)  ## SQuAD runs of a profile: PROFILE=smoke|paper, then speed, tables, plots
+	$(PY) -m reproduce profile squad --profile $(PROFILE)
+
+tables: | $(PY)  ## rebuild the PTB tables and plots of a profile from its run dirs: PROFILE=smoke|small|paper
+	$(PY) -m reproduce table ptb --profile $(PROFILE)
+
+speed: | $(PY)  ## inference speedup of plain sizes on this machine: SIZES="1500,1500 373,315"
+	$(PY) -m reproduce speed --sizes $(SIZES)
+
+sweep: | $(PY)  ## run a sweep file locally and offline: SWEEP=sweeps/<file>.yaml [WORKERS=1]
+	WANDB_MODE=offline $(PY) -m reproduce sweep $(SWEEP) --workers $(WORKERS)
 
 bench: | $(PY)  ## speed benchmarks -> results/bench/bench.json (run on an idle machine)
 	$(PY) -m reproduce bench $(BENCH_ARGS)

@@ -1,44 +1,43 @@
 """`python -m reproduce <command>`: the user-facing commands of the suite.
 
-  profile DATASET --profile smoke|small|paper|auto   run every experiment of a profile
-  bench                                               speed benchmarks -> results/bench/bench.json
+  profile DATASET --profile P   every run of a profile, then speed, tables and plots
+  table DATASET                 reported-vs-reproduced tables (Markdown + CSV) and plots
+  speed                         measured inference speedup of exports, or of plain sizes
+  sweep sweeps/FILE.yaml        a W&B sweep file run locally (offline), resumable
+  bench                         GatedLSTM vs nn.LSTM training-step overhead
 Training one config is `python -m reproduce.train --config reproduce/configs/<name>.yaml`.
+Each command's module defines `add_arguments(parser)` and `run(args)`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .user_errors import report_user_errors
+
+# command -> (module in this package, one-line help)
+COMMANDS = {
+    "profile": ("profiles", "run a profile's experiments (finished ones skipped), then speed, tables, plots"),
+    "table": ("tables", "reported-vs-reproduced tables and plots from run dirs (or a W&B project)"),
+    "speed": ("speed", "inference latency of pruned exports or plain sizes: torch eager and ONNX Runtime"),
+    "sweep": ("sweep", "run a W&B sweep YAML locally, offline, skipping finished runs"),
+    "bench": ("bench", "training-step overhead of GatedLSTM against nn.LSTM"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("profile", help="run every experiment of a profile, skipping finished ones")
-    p.add_argument("dataset", choices=["ptb"])
-    p.add_argument("--profile", default="auto", help="smoke, small, paper, or auto (paper on a GPU)")
-    p.add_argument("--results", default="results", help="root folder of the run dirs")
-    b = sub.add_parser("bench", help="GatedLSTM vs nn.LSTM step time; exported vs dense latency")
-    b.add_argument("--out", default="results/bench/bench.json")
-    b.add_argument("--quick", action="store_true", help="few repeats (a check that it runs)")
-    b.add_argument("--compare", nargs=2, metavar=("DENSE_EXPORT", "PRUNED_EXPORT"),
-                   help="also time two exported models, e.g. results/ptb/small/{dense,l0}/export")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(f"reproduce.{module}")
+        mod.add_arguments(sub.add_parser(name, help=help_text, description=mod.__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
-
-    def run() -> None:
-        if args.command == "profile":
-            from .profiles import run_profile
-
-            run_profile(args.dataset, args.profile, args.results)
-        elif args.command == "bench":
-            from .bench import run_bench
-
-            run_bench(args.out, quick=args.quick, compare=args.compare)
-
-    return report_user_errors(run, "run the same command again: finished runs are skipped")
+    mod = importlib.import_module(f"reproduce.{COMMANDS[args.command][0]}")
+    return report_user_errors(lambda: mod.run(args), "run the same command again: finished work is skipped")
 
 
 if __name__ == "__main__":

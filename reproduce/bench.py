@@ -159,3 +159,14 @@ def run_bench(out: str, quick: bool = False, compare: list[str] | None = None) -
               f"{r['speedup']:.2f}x | {r['flops_ratio']:.2f}x | {r['lstm_flops_ratio']:.2f}x |")
     print(f"\nwritten to {out}")
     return result
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="results/bench/bench.json")
+    parser.add_argument("--quick", action="store_true", help="few repeats (a check that it runs)")
+    parser.add_argument("--compare", nargs=2, metavar=("DENSE_EXPORT", "PRUNED_EXPORT"),
+                        help="also time two exported models, e.g. results/ptb/small/{dense,l0}/export")
+
+
+def run(args) -> None:
+    run_bench(args.out, quick=args.quick, compare=args.compare)

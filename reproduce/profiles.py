@@ -122,3 +122,13 @@ def print_summary(runs: list[PlannedRun], results: list[dict], out_root: Path) -
 
     atomic_write_text(out_root / "summary.md", text)
     print(text + f"(written to {out_root / 'summary.md'})", file=sys.stderr)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("dataset", choices=sorted(PROFILES))
+    parser.add_argument("--profile", default="auto", help="smoke, small, paper, or auto (paper on a GPU)")
+    parser.add_argument("--results", default="results", help="root folder of the run dirs")
+
+
+def run(args) -> None:
+    run_profile(args.dataset, args.profile, args.results)
