@@ -7,10 +7,8 @@ PY := $(VENV)/bin/python
 TORCH_CONSTRAINTS ?= constraints-cpu.txt
 PROFILE ?= auto
 SIZES ?= 1500,1500 373,315
+EXPORTS ?=
 WORKERS ?= 1
-# make bench also times the trained small exports against each other once they exist
-SMALL_RUNS := results/ptb/small
-BENCH_ARGS ?= $(if $(and $(wildcard $(SMALL_RUNS)/dense/export/config.json),$(wildcard $(SMALL_RUNS)/l0/export/config.json)),--compare $(SMALL_RUNS)/dense/export $(SMALL_RUNS)/l0/export)
 # Tests never touch the network: the Hub is unreachable there and W&B stays offline.
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
@@ -42,14 +40,14 @@ reproduce-squad: | $(PY)  ## SQuAD runs of a profile: PROFILE=smoke|paper, then 
 tables: | $(PY)  ## rebuild the PTB tables and plots of a profile from its run dirs: PROFILE=smoke|small|paper
 	$(PY) -m reproduce table ptb --profile $(PROFILE)
 
-speed: | $(PY)  ## inference speedup of plain sizes on this machine: SIZES="1500,1500 373,315"
-	$(PY) -m reproduce speed --sizes $(SIZES)
+speed: | $(PY)  ## inference speed: EXPORTS="results/ptb/small/l0/export" (-> <run dir>/speed.json), else SIZES="1500,1500 373,315"
+	$(PY) -m reproduce speed $(if $(EXPORTS),--export $(EXPORTS),--sizes $(SIZES))
 
 sweep: | $(PY)  ## run a sweep file locally and offline: SWEEP=sweeps/<file>.yaml [WORKERS=1]
 	WANDB_MODE=offline $(PY) -m reproduce sweep $(SWEEP) --workers $(WORKERS)
 
-bench: | $(PY)  ## speed benchmarks -> results/bench/bench.json (run on an idle machine)
-	$(PY) -m reproduce bench $(BENCH_ARGS)
+bench: | $(PY)  ## training-step overhead of the gates -> results/bench/bench.json (run on an idle machine)
+	$(PY) -m reproduce bench
 
 lint: | $(PY)  ## ruff
 	$(PY) -m ruff check lightning_modules reproduce tests

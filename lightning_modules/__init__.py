@@ -1,7 +1,17 @@
-"""Neuron-selection pruning of recurrent networks: gates, gated LSTM, models, data, export."""
+"""Neuron-selection pruning of recurrent networks: gates, gated LSTM, models, data, export.
 
-from .gated_lstm import GateConfig, GatedLSTM
-from .hard_concrete import HardConcreteGate
-from .language_model import LSTMLanguageModel, model_size
+The names below load on first use, so that importing a light submodule (errors, atomic)
+does not import torch: `python -m reproduce --help` stays fast.
+"""
 
-__all__ = ["GateConfig", "GatedLSTM", "HardConcreteGate", "LSTMLanguageModel", "model_size"]
+import importlib
+
+_LAZY = {"GateConfig": "gated_lstm", "GatedLSTM": "gated_lstm", "HardConcreteGate": "hard_concrete",
+         "LSTMLanguageModel": "language_model", "model_size": "language_model"}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

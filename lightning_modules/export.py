@@ -153,11 +153,15 @@ def load_exported_language_model(path: str | Path) -> tuple[LSTMLanguageModel, d
     if model.rnn.input_sizes != config["input_sizes"]:
         raise UserError(f"{cfg_file}: input_sizes {config['input_sizes']} do not chain with "
                         f"embedding_dim and hidden_sizes")
-    state = {"embedding.weight": tensors["embedding.weight"],
-             "decoder.weight": tensors["decoder.weight"], "decoder.bias": tensors["decoder.bias"]}
+    names = {"embedding.weight": "embedding.weight", "decoder.weight": "decoder.weight",
+             "decoder.bias": "decoder.bias"}
     for k in range(len(config["hidden_sizes"])):
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            state[f"rnn.layers.{k}.{name}_l0"] = tensors[f"lstm.{k}.{name}"]
+            names[f"rnn.layers.{k}.{name}_l0"] = f"lstm.{k}.{name}"
+    missing = [key for key in names.values() if key not in tensors]
+    if missing:
+        raise UserError(f"{weights} lacks the tensors {missing} that {cfg_file} implies; re-export the model")
+    state = {ours: tensors[theirs] for ours, theirs in names.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -75,6 +75,7 @@ class LanguageModelTask(L.LightningModule):
         lr_decay: float = 0.5,
         lr_decay_start_epoch: int = 4,
         max_grad_norm: float = 5.0,
+        gate_history_every: int = 200,
     ) -> None:
         """
         Args:
@@ -96,6 +97,8 @@ class LanguageModelTask(L.LightningModule):
                 lr_decay_start_epoch on (0-based epoch e), lr * lr_decay ** (e + 1 - start).
             gate_lr: learning rate of the gates' log_alpha (default: lr); same schedule.
             max_grad_norm: global-norm clip of the weights' gradients (gates excluded).
+            gate_history_every: gated runs append every gate's P(z != 0) to gate_history.jsonl
+                every this many steps (and after each epoch); 0: after each epoch only.
         """
         super().__init__()
         if reg_lambda < 0:
@@ -130,6 +133,8 @@ class LanguageModelTask(L.LightningModule):
         self._state = None
         self.train_wall_time_s = 0.0
         self._epoch_start = None
+        self._windows_done = 0  # training windows of the current epoch already stepped on
+        self._pending_resume: dict | None = None
 
     # ---- sizes ----------------------------------------------------------------------
 
@@ -189,9 +194,18 @@ class LanguageModelTask(L.LightningModule):
         logits, y = self._step(batch)
         self.test_ppl.update(logits, y)
 
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self._pending_resume is not None:
+            self._apply_resume_state(self._pending_resume)
+            self._pending_resume = None
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self._windows_done = batch_idx + 1
         # after the optimizer step: thresholding / masking of the Lasso and magnitude methods
         self.pruning.after_optimizer_step(self.model, self.global_step, batch[0].shape[1])
+        every = self.hparams.gate_history_every
+        if every and self.global_step % every == 0:
+            self._append_gate_history()
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # The TF configs clip the network weights; the gates' penalty gradient must not
@@ -202,6 +216,7 @@ class LanguageModelTask(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._state = None
+        self._windows_done = 0
         self._epoch_start = time.perf_counter()
 
     def on_validation_epoch_start(self) -> None:
@@ -239,13 +254,16 @@ class LanguageModelTask(L.LightningModule):
         self._append_gate_history()
 
     def _append_gate_history(self) -> None:
-        """P(z != 0) of every gate after each epoch, one JSON line per epoch (for plots).
+        """P(z != 0) of every gate, one JSON line per call (for the gate-open plots).
 
-        A resumed run may repeat an epoch's line; readers keep the last line per epoch.
+        A resumed run may repeat a step's line; readers keep the last line per step.
         """
         rnn = self.model.rnn
         if not rnn.gated or self.trainer is None or not self.trainer.is_global_zero:
             return
+        if getattr(self, "_history_step", None) == self.global_step:
+            return  # the epoch ended on a step that was just recorded
+        self._history_step = self.global_step
         with torch.no_grad():
             entry = {
                 "epoch": self.current_epoch,
@@ -276,8 +294,42 @@ class LanguageModelTask(L.LightningModule):
 
     # ---- checkpoint extras --------------------------------------------------------------
 
+    # A resumed run must continue exactly where the saved one stood, also in the middle of an
+    # epoch: the next training window, the hidden state carried across windows, the RNG that
+    # draws the gates' noise and dropout, and the running train loss. The RNG and the state are
+    # applied at the first training batch after the restore, because Lightning starts the
+    # (resumed) epoch in between, which resets the state.
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["train_wall_time_s"] = self.train_wall_time_s
+        mid_epoch = self.trainer is not None and self._windows_done < self.trainer.num_training_batches
+        state = (self._state if self._state is not None else getattr(self, "_train_state", None)) if mid_epoch else None
+        checkpoint["exact_resume"] = {
+            "windows_done": self._windows_done if mid_epoch else 0,
+            "hidden": [(h.cpu(), c.cpu()) for h, c in state] if state is not None else None,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "train_ce": ({"mean_value": self.train_ce.mean_value.cpu(), "weight": self.train_ce.weight.cpu()}
+                         if mid_epoch else None),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.train_wall_time_s = float(checkpoint.get("train_wall_time_s", 0.0))
+        resume = checkpoint.get("exact_resume")
+        if resume is None:
+            return
+        self._pending_resume = resume
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if resume["windows_done"] and hasattr(datamodule, "resume_train_at"):
+            datamodule.resume_train_at(resume["windows_done"])
+
+    def _apply_resume_state(self, resume: dict) -> None:
+        torch.set_rng_state(resume["rng_cpu"])
+        if resume["rng_cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(resume["rng_cuda"])
+        if resume["hidden"] is not None:
+            self._state = [(h.to(self.device), c.to(self.device)) for h, c in resume["hidden"]]
+        if resume["train_ce"] is not None:
+            self.train_ce.mean_value = resume["train_ce"]["mean_value"].to(self.device)
+            self.train_ce.weight = resume["train_ce"]["weight"].to(self.device)
+            self.train_ce._update_count = 1

@@ -22,7 +22,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import UserError
 
@@ -139,6 +139,21 @@ class LMWindows(Dataset):
         return self.rows[:, s: s + self.num_steps], self.rows[:, s + 1: s + 1 + self.num_steps]
 
 
+class ResumableSequence(Sampler):
+    """0, 1, ..., n-1 in order; after `start = k` the next pass alone begins at k."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.start = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        return iter(range(start, self.n))
+
+
 class PTBDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -171,6 +186,7 @@ class PTBDataModule(L.LightningDataModule):
             raise UserError(f"data.train_tokens must be at least 2, got {train_tokens}")
         self.save_hyperparameters()
         self._ids: dict[str, torch.Tensor] | None = None
+        self._train_sampler = ResumableSequence()
         self._vocab: list[str] | None = None
 
     def _load(self) -> None:
@@ -210,13 +226,22 @@ class PTBDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._load()
 
-    def _loader(self, split: str, batch_size: int) -> DataLoader:
+    def resume_train_at(self, window: int) -> None:
+        """The next pass over the training windows starts at `window` (a run resumed mid-epoch)."""
+        self._train_sampler.start = window
+
+    def _loader(self, split: str, batch_size: int, sampler: ResumableSequence | None = None) -> DataLoader:
         windows = LMWindows(self.token_ids(split), batch_size, self.hparams.num_steps)
-        # batch_size=None: each item already is a (batch, num_steps) window; order matters
-        return DataLoader(windows, batch_size=None, shuffle=False)
+        if sampler is not None:
+            sampler.n = len(windows)
+        # batch_size=None: each item already is a (batch, num_steps) window; order matters.
+        # A private generator: iterating must not draw from the global RNG (the gates' noise),
+        # or a run resumed at an epoch boundary would see other noise than an uninterrupted one.
+        return DataLoader(windows, batch_size=None, sampler=sampler or range(len(windows)),
+                          generator=torch.Generator())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size)
+        return self._loader("train", self.hparams.batch_size, self._train_sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", self.hparams.val_batch_size or self.hparams.batch_size)

@@ -1,21 +1,21 @@
-"""Run a whole profile of experiments: `python -m reproduce profile ptb --profile smoke|small|paper|auto`.
+"""Run a whole profile: `python -m reproduce profile ptb --profile smoke|small|paper|auto`.
 
-Each run is one training command (reproduce/train.py) with its own run dir under
-results/<dataset>/<profile>/. A run dir with result.json is finished and skipped;
-one without it is (re)started and resumes from its last checkpoint.
+The pipeline: every run of the profile (finished ones skipped, unfinished ones resumed),
+then the measured speed of each export, then the tables and plots, all under
+results/<dataset>/<profile>/. Each run is one training command (reproduce/train.py) with
+its own run dir; a run dir with result.json is finished.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_modules.errors import UserError
+
+from .run_queue import RESULT_FILE, Job, run_jobs
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -25,23 +25,37 @@ class PlannedRun:
     name: str
     config: str
     cpu_minutes: float  # expected on this project's 2-core reference machine, for the ETA
+    sizes_from: str | None = None  # direct design: the run of this profile whose kept sizes it trains
 
 
-PROFILES: dict[str, dict[str, list[PlannedRun]]] = {
+@dataclass(frozen=True)
+class Profile:
+    runs: list[PlannedRun]
+    workers: int  # runs side by side by default (1 thread each on the 2-core reference machine)
+    about: str
+    speed_args: tuple[str, ...] = ()  # options of `python -m reproduce speed` for its exports
+
+
+def _ptb(scale: str, minutes: float, methods: list[str]) -> list[PlannedRun]:
+    return [PlannedRun(m, f"ptb_{scale}_{m}.yaml", minutes, sizes_from="l0" if m == "direct" else None)
+            for m in methods]
+
+
+PROFILES: dict[str, dict[str, Profile]] = {
     "ptb": {
-        "smoke": [PlannedRun("dense", "ptb_smoke_dense.yaml", 1.5),
-                  PlannedRun("l0", "ptb_smoke_l0.yaml", 1.5)],
-        # kept apart so that `smoke` stays a < 5 min check; `direct` reads smoke/l0's sizes
-        "smoke-baselines": [PlannedRun("group_lasso", "ptb_smoke_group_lasso.yaml", 1.5),
-                            PlannedRun("lasso", "ptb_smoke_lasso.yaml", 1.5),
-                            PlannedRun("magnitude", "ptb_smoke_magnitude.yaml", 1.5),
-                            PlannedRun("direct", "ptb_smoke_direct.yaml", 1.5)],
-        "small": [PlannedRun("dense", "ptb_small_dense.yaml", 80),
-                  PlannedRun("l0", "ptb_small_l0.yaml", 80)],
-        "paper": [PlannedRun("medium_dense", "ptb_medium_dense.yaml", 39 * 12),
-                  PlannedRun("medium_l0", "ptb_medium_l0.yaml", 39 * 13),
-                  PlannedRun("large_dense", "ptb_large_dense.yaml", 55 * 50),
-                  PlannedRun("large_l0", "ptb_large_l0.yaml", 55 * 55)],
+        # every method on a 2x64 LSTM and 150k training tokens: a < 5 min pipeline check
+        "smoke": Profile(_ptb("smoke", 1.5, ["l0", "dense", "group_lasso", "lasso", "magnitude", "direct"]),
+                         workers=2, about="pipeline check, not the paper's numbers",
+                         speed_args=("--quick",)),
+        "small": Profile(_ptb("small", 80, ["dense", "l0", "group_lasso", "magnitude", "direct"]), workers=2,
+                         about="Zaremba small (2x200) on full PTB: the CPU-sized comparison"),
+        "paper": Profile([PlannedRun("medium_dense", "ptb_medium_dense.yaml", 39 * 12),
+                          PlannedRun("medium_l0", "ptb_medium_l0.yaml", 39 * 13),
+                          PlannedRun("large_dense", "ptb_large_dense.yaml", 55 * 50),
+                          PlannedRun("large_l0", "ptb_large_l0.yaml", 55 * 55),
+                          PlannedRun("large_group_lasso", "ptb_large_group_lasso.yaml", 55 * 55),
+                          PlannedRun("large_direct", "ptb_large_direct.yaml", 55 * 15, sizes_from="large_l0")],
+                         workers=1, about="Zaremba medium and large: GPU scale"),
     },
 }
 
@@ -59,76 +73,64 @@ def resolve_profile(profile: str) -> str:
     return "small"
 
 
-def _fmt_minutes(minutes: float) -> str:
-    return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{minutes:.0f} min"
-
-
-def run_profile(dataset: str, profile: str, results_root: str = "results",
-                extra_args: list[str] | None = None) -> list[dict]:
+def get_profile(dataset: str, profile: str) -> tuple[str, Profile]:
     if dataset not in PROFILES:
         raise UserError(f"unknown dataset {dataset!r}; available: {', '.join(PROFILES)}")
     profile = resolve_profile(profile)
     if profile not in PROFILES[dataset]:
-        raise UserError(f"unknown profile {profile!r} for {dataset}; use "
-                        f"{', '.join(PROFILES[dataset])} or auto")
-    runs = PROFILES[dataset][profile]
-    out_root = Path(results_root) / dataset / profile
-    todo = [r for r in runs if not (out_root / r.name / "result.json").exists()]
-    print(f"== {dataset} / {profile}: {len(runs)} runs, {len(runs) - len(todo)} finished, "
-          f"{len(todo)} to run (about {_fmt_minutes(sum(r.cpu_minutes for r in todo))} "
-          "on 2 CPU cores)", file=sys.stderr)
-    started = time.time()
-    expected_done = 0.0
-    for i, run in enumerate(runs, 1):
-        run_dir = out_root / run.name
-        if (run_dir / "result.json").exists():
-            print(f"[{i}/{len(runs)}] {run.name}: finished, skipped ({run_dir}/result.json)",
-                  file=sys.stderr)
-            continue
-        left = sum(r.cpu_minutes for r in todo) - expected_done
-        elapsed_min = (time.time() - started) / 60
-        # scale the reference estimate by how fast this machine has been so far
-        speed = elapsed_min / expected_done if expected_done else 1.0
-        print(f"[{i}/{len(runs)}] {run.name}: training ({run.config}); profile ETA "
-              f"{_fmt_minutes(left * speed)}", file=sys.stderr)
+        raise UserError(f"unknown profile {profile!r} for {dataset}; use {', '.join(PROFILES[dataset])} or auto")
+    return profile, PROFILES[dataset][profile]
+
+
+def profile_jobs(dataset: str, profile: str, out_root: Path, extra_args: list[str] | None = None) -> list[Job]:
+    jobs = []
+    for run in PROFILES[dataset][profile].runs:
         config = CONFIG_DIR / run.config
         # recorded in result.json: keep it repo-relative when run from the repo root
         rel = os.path.relpath(config)
-        cmd = [sys.executable, "-m", "reproduce.train", "--config", config if rel.startswith("..") else rel,
-               "--run_dir", str(run_dir), "--profile", profile, *(extra_args or [])]
-        proc = subprocess.run(cmd, env=os.environ.copy())
-        if proc.returncode != 0:
-            raise UserError(f"run {run.name} failed (exit {proc.returncode}); fix the cause and "
-                            "re-run the same command: finished runs are skipped and this one "
-                            "resumes from its last checkpoint")
-        expected_done += run.cpu_minutes
-    results = [json.loads((out_root / r.name / "result.json").read_text()) for r in runs]
-    print_summary(runs, results, out_root)
-    return results
+        cmd = [sys.executable, "-m", "reproduce.train", "--config", str(config) if rel.startswith("..") else rel,
+               "--run_dir", str(out_root / run.name), "--profile", profile]
+        waits = []
+        if run.sizes_from:
+            source = out_root / run.sizes_from / RESULT_FILE
+            cmd.append(f"--model.sizes_from={source}")
+            waits.append(source)
+        jobs.append(Job(run.name, [*cmd, *(extra_args or [])], out_root / run.name, run.cpu_minutes, waits))
+    return jobs
 
 
-def print_summary(runs: list[PlannedRun], results: list[dict], out_root: Path) -> None:
-    """A plain per-run summary; the full reported-vs-reproduced tables come from `reproduce table`."""
-    header = "| run | method | lambda | val ppl | test ppl | hidden kept | params | FLOPs/token | FLOPs speedup |"
-    lines = [header, "|---" * 9 + "|"]
-    for run, r in zip(runs, results):
-        lines.append(
-            f"| {run.name} | {r['method']} | {r['lambda']:g} | {r['metrics']['val_ppl']:.2f} | "
-            f"{r['metrics']['test_ppl']:.2f} | {r['neurons_kept']['hidden']} | "
-            f"{r['params']['after']:,} | {r['flops_per_token']['after']:,} | "
-            f"{r['speedup_flops']:.2f}x |")
-    text = "\n".join(lines) + "\n"
-    from lightning_modules.atomic import atomic_write_text
+def run_profile(dataset: str, profile: str, results_root: str = "results", workers: int | None = None,
+                extra_args: list[str] | None = None, analyse: bool = True) -> Path:
+    """Runs, then speed, tables and plots; returns the profile's folder."""
+    profile, spec = get_profile(dataset, profile)
+    out_root = Path(results_root) / dataset / profile
+    print(f"{dataset} / {profile}: {spec.about}", file=sys.stderr)
+    run_jobs(profile_jobs(dataset, profile, out_root, extra_args), workers or spec.workers,
+             label=f"{dataset} / {profile}")
+    if analyse:
+        analyse_runs(dataset, out_root, spec.speed_args)
+    return out_root
 
-    atomic_write_text(out_root / "summary.md", text)
-    print(text + f"(written to {out_root / 'summary.md'})", file=sys.stderr)
+
+def analyse_runs(dataset: str, runs_dir: Path, speed_args: tuple[str, ...] = ()) -> None:
+    """Measured speed of every finished export that has none yet, then tables and plots."""
+    from .plots import write_plots
+    from .speed import default_settings, measure_run_dirs
+    from .tables import write_tables
+
+    print(f"== speed of the exports under {runs_dir}", file=sys.stderr)
+    measure_run_dirs(sorted(p.parent for p in runs_dir.glob(f"*/{RESULT_FILE}")), default_settings(*speed_args))
+    write_tables(dataset, runs_dir)
+    write_plots(dataset, runs_dir)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("dataset", choices=sorted(PROFILES))
-    parser.add_argument("--profile", default="auto", help="smoke, small, paper, or auto (paper on a GPU)")
+    parser.add_argument("--profile", default="auto", help="smoke, small, paper, or auto (paper on a GPU, else small)")
     parser.add_argument("--results", default="results", help="root folder of the run dirs")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="runs side by side (default: the profile's, 2 for the CPU profiles)")
 
 
 def run(args) -> None:
-    run_profile(args.dataset, args.profile, args.results)
+    run_profile(args.dataset, args.profile, args.results, workers=args.workers)

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 from lightning_modules.atomic import atomic_write_json, atomic_write_text
+from lightning_modules.checkpointing import Preempted, pick_checkpoint
 from lightning_modules.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +98,39 @@ def merge_metrics_parts(run_dir: Path) -> None:
         f.unlink()
 
 
+def default_run_dir(run_dir: str | None) -> str:
+    """Under a W&B sweep agent every run needs its own dir; the agent names the run."""
+    if run_dir:
+        return run_dir
+    sweep, run = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    if sweep and run:
+        return f"results/sweeps/{sweep}/{run}"
+    return "results/ptb/custom/run"
+
+
+def log_result_to_wandb(trainer, result: dict, run_dir: Path) -> None:
+    """The result in the W&B run summary (what `reproduce table --wandb` reads); online, also
+    result.json and the export as an artifact."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        run = logger.experiment
+        run.summary["result"] = result
+        run.summary.update({"test_ppl": result["metrics"]["test_ppl"], "val_ppl": result["metrics"]["val_ppl"],
+                            "speedup_flops": result["speedup_flops"]})
+        if not run.offline:
+            import wandb
+
+            artifact = wandb.Artifact(f"run-{run.id}", type="model", metadata={"method": result["method"],
+                                                                             "lambda": result["lambda"]})
+            artifact.add_file(str(run_dir / RESULT_FILE))
+            artifact.add_dir(str(run_dir / result["export_path"]), name="export")
+            run.log_artifact(artifact)
+        run.finish()
+
+
 def build_cli(args: list[str] | None):
     from lightning.pytorch.cli import LightningCLI
 
@@ -105,8 +139,10 @@ def build_cli(args: list[str] | None):
 
     class TrainCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--run_dir", type=str, default="results/ptb/custom/run",
-                                help="where checkpoints, logs, export and result.json go")
+            parser.add_argument("--run_dir", type=str, default=None,
+                                help="where checkpoints, logs, export and result.json go (default: "
+                                     "results/sweeps/<sweep id>/<run id> under a W&B sweep agent, "
+                                     "else results/ptb/custom/run)")
             parser.add_argument("--profile", type=str, default="custom",
                                 help="profile name recorded in result.json (smoke, small, paper)")
             parser.add_argument("--wandb", type=str, default="auto",
@@ -115,7 +151,10 @@ def build_cli(args: list[str] | None):
             parser.add_argument("--wandb_project", type=str, default="neuron-selection-rnn")
             parser.add_argument("--ckpt_path", type=str, default=None,
                                 help="checkpoint to resume from, or 'last' (default: the run "
-                                     "dir's last.ckpt if there is one)")
+                                     "dir's newest readable checkpoint if there is one)")
+            parser.add_argument("--checkpoint_every_n_steps", type=int, default=500,
+                                help="also write last.ckpt every N training steps (0: only at "
+                                     "epoch ends and on SIGTERM/SIGUSR1)")
             parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
 
         def instantiate_trainer(self, **kwargs):
@@ -126,16 +165,22 @@ def build_cli(args: list[str] | None):
             )
             from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+            from lightning_modules.checkpointing import ResumableCheckpoints
+
             cfg = self.config
+            cfg["run_dir"] = default_run_dir(cfg["run_dir"])
             run_dir = Path(cfg["run_dir"])
             loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
             mode = wandb_mode(cfg["wandb"])
             if mode != "disabled":
-                # a stable id, so that a resumed run continues the same W&B run
-                run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
+                # a sweep agent's run id, else a stable one, so a resumed run continues its W&B run
+                run_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+                run_id = run_id or hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
                 (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
+                full_config = {**cfg.clone().as_dict(), "git_commit": git_commit()}
+                full_config.pop("config", None)  # jsonargparse's Path objects; config_path is in result
                 loggers.append(WandbLogger(project=cfg["wandb_project"], name=str(run_dir),
-                                           save_dir=str(run_dir), id=run_id,
+                                           save_dir=str(run_dir), id=run_id, config=full_config,
                                            offline=(mode == "offline"), resume="allow"))
             callbacks = [
                 # every epoch: last.ckpt plus the two newest epoch checkpoints (a fallback)
@@ -143,6 +188,7 @@ def build_cli(args: list[str] | None):
                                 auto_insert_metric_name=False, save_last=True,
                                 monitor="step", mode="max", save_top_k=2),
                 LearningRateMonitor(logging_interval="epoch"),
+                ResumableCheckpoints(run_dir / "checkpoints", cfg["checkpoint_every_n_steps"]),
             ]
             if self.config_init["trainer"].get("enable_progress_bar") is not False:
                 # in a log file (no terminal) a bar refreshed every batch floods it
@@ -167,27 +213,26 @@ def train(args: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\) is deprecated")
     # the run dir is never empty; the old metrics.csv is set aside and merged back (below)
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    # resuming mid-epoch is exact here (the task and the data module restore the position)
+    warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
     cli = build_cli(args)
     cfg, trainer, model, data = cli.config, cli.trainer, cli.model, cli.datamodule
-    run_dir = Path(cfg["run_dir"])
+    run_dir = Path(default_run_dir(cfg["run_dir"]))
     if (run_dir / RESULT_FILE).exists():
         raise UserError(f"{run_dir} already holds a finished run ({RESULT_FILE}); "
                         "use another --run_dir or delete that folder to train again")
-    ckpt = cfg["ckpt_path"]
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if ckpt == "last":
-        if not last.exists():
-            raise UserError(f"--ckpt_path last: {last} does not exist yet")
-        ckpt = str(last)
-    elif ckpt is None and last.exists():
-        ckpt = str(last)
-        print(f"resuming from {last}", file=sys.stderr)
-    if ckpt is not None and not Path(ckpt).is_file():
-        raise UserError(f"checkpoint {ckpt} not found")
+    if cfg["checkpoint_every_n_steps"] < 0:
+        raise UserError(f"--checkpoint_every_n_steps must be >= 0, got {cfg['checkpoint_every_n_steps']}")
+    ckpt = pick_checkpoint(run_dir / "checkpoints", cfg["ckpt_path"])
     if ckpt is not None:
+        print(f"resuming from {ckpt}", file=sys.stderr)
         set_aside_metrics(run_dir)
 
-    trainer.fit(model, datamodule=data, ckpt_path=ckpt)
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt)
+    except Preempted:
+        trainer.loggers[0].save()  # the metrics so far; merged with the resumed run's at its end
+        raise
     val = trainer.validate(model, datamodule=data, verbose=False)[0]
     test = trainer.test(model, datamodule=data, verbose=False)[0]
     trainer.loggers[0].save()  # flush the CSV before merging
@@ -224,6 +269,7 @@ def train(args: list[str] | None = None) -> dict:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     atomic_write_json(run_dir / RESULT_FILE, result)
+    log_result_to_wandb(trainer, result, run_dir)
     print(f"finished: {run_dir}/{RESULT_FILE}: val_ppl {result['metrics']['val_ppl']:.2f}, "
           f"test_ppl {result['metrics']['test_ppl']:.2f}, hidden kept "
           f"{size['neurons_kept']['hidden']}", file=sys.stderr)
@@ -233,8 +279,13 @@ def train(args: list[str] | None = None) -> dict:
 def main(args: list[str] | None = None) -> int:
     from .user_errors import report_user_errors
 
-    return report_user_errors(lambda: train(args),
-                              "run the same command again to resume from the last checkpoint")
+    try:
+        return report_user_errors(lambda: train(args),
+                                  "run the same command again to resume from the last checkpoint")
+    except Preempted as stop:
+        # a clean stop, not a failure: the exit status says which signal, as a kill would
+        print(f"{stop}; run the same command to resume", file=sys.stderr)
+        return 128 + stop.signum
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # Lightning's, not ours
+# Tiny models: a second thread only adds synchronisation, and on a busy 2-core CI machine
+# spinning OpenMP threads make in-process runs many times slower. Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -22,9 +22,10 @@ SHRINK_TARGETS = {"magnitude": ["--model.target_neurons=[4,4]", "--model.prune_b
 def test_every_profile_config_exists():
     names = {c.name for c in CONFIGS}
     for dataset in profiles.PROFILES.values():
-        for runs in dataset.values():
-            for run in runs:
+        for spec in dataset.values():
+            for run in spec.runs:
                 assert run.config in names
+                assert run.sizes_from is None or run.sizes_from in {r.name for r in spec.runs}
 
 
 @pytest.mark.slow
@@ -44,7 +45,7 @@ def test_config_runs_shrunk(tmp_path, config):
 
 
 def _fake_result(run_dir: Path, method: str) -> None:
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "result.json").write_text(json.dumps({
         "method": method, "lambda": 0.0, "metrics": {"val_ppl": 120.0, "test_ppl": 115.0},
         "neurons_kept": {"input": [200, 200], "hidden": [200, 180]},
@@ -52,31 +53,37 @@ def _fake_result(run_dir: Path, method: str) -> None:
         "speedup_flops": 1.1}))
 
 
-def test_profile_skips_finished_runs_and_summarises(tmp_path, monkeypatch, capsys):
-    for run in profiles.PROFILES["ptb"]["smoke"]:
-        _fake_result(tmp_path / "ptb" / "smoke" / run.name, "none" if "dense" in run.name else "l0")
-    monkeypatch.setattr(profiles.subprocess, "run",
+def test_profile_skips_finished_runs(tmp_path, monkeypatch, capsys):
+    for run in profiles.PROFILES["ptb"]["smoke"].runs:
+        _fake_result(tmp_path / "ptb" / "smoke" / run.name, "l0")
+    monkeypatch.setattr("reproduce.run_queue.subprocess.Popen",
                         lambda *a, **k: pytest.fail("a finished run was started again"))
-    results = profiles.run_profile("ptb", "smoke", str(tmp_path))
-    assert len(results) == 2
-    err = capsys.readouterr().err
-    assert "0 to run" in err and err.count("finished, skipped") == 2
-    assert "| l0 | l0 |" in (tmp_path / "ptb" / "smoke" / "summary.md").read_text()
+    profiles.run_profile("ptb", "smoke", str(tmp_path), analyse=False)
+    assert "6 finished, 0 to run" in capsys.readouterr().err
 
 
-def test_profile_runs_only_unfinished(tmp_path, monkeypatch):
-    _fake_result(tmp_path / "ptb" / "smoke" / "dense", "none")
+def test_profile_runs_only_unfinished_and_direct_design_after_its_source(tmp_path, monkeypatch):
+    root = tmp_path / "ptb" / "smoke"
+    _fake_result(root / "dense", "none")
     started = []
 
-    def fake_run(cmd, env):
-        run_dir = Path(cmd[cmd.index("--run_dir") + 1])
-        started.append(run_dir.name)
-        _fake_result(run_dir, "l0")
-        return type("Proc", (), {"returncode": 0})()
+    class FakeProc:
+        def __init__(self, cmd, **kwargs):
+            self.cmd, self.returncode = cmd, None
+            started.append(Path(cmd[cmd.index("--run_dir") + 1]).name)
 
-    monkeypatch.setattr(profiles.subprocess, "run", fake_run)
-    profiles.run_profile("ptb", "smoke", str(tmp_path))
-    assert started == ["l0"]
+        def poll(self):  # finishes at the first poll
+            _fake_result(Path(self.cmd[self.cmd.index("--run_dir") + 1]), "x")
+            self.returncode = 0
+            return 0
+
+    monkeypatch.setattr("reproduce.run_queue.subprocess.Popen", FakeProc)
+    jobs = profiles.profile_jobs("ptb", "smoke", root)
+    direct = next(j for j in jobs if j.name == "direct")
+    assert f"--model.sizes_from={root / 'l0' / 'result.json'}" in direct.cmd
+    profiles.run_profile("ptb", "smoke", str(tmp_path), workers=2, analyse=False)
+    assert sorted(started) == ["direct", "group_lasso", "l0", "lasso", "magnitude"]
+    assert started.index("direct") > started.index("l0")
 
 
 def test_auto_profile_without_gpu_says_so_and_runs_small(monkeypatch, capsys):

@@ -110,6 +110,16 @@ def test_loader_rejects_vocab_mismatch_and_missing_files(tmp_path):
         load_exported_language_model(tmp_path / "e")
     with pytest.raises(UserError, match="not found"):
         load_exported_language_model(tmp_path / "nothing")
+    # a weights file without a tensor the config implies
+    model = _pruned_model(8, [6], 0.0, seed=0)
+    export_language_model(model, VOCAB, tmp_path / "f")
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tmp_path / "f" / "model.safetensors"))
+    del tensors["lstm.0.bias_hh"]
+    save_file(tensors, str(tmp_path / "f" / "model.safetensors"))
+    with pytest.raises(UserError, match=r"lacks the tensors \['lstm.0.bias_hh'\]"):
+        load_exported_language_model(tmp_path / "f")
 
 
 def test_zeroed_iss_group_is_removed_by_export_and_outputs_are_unchanged(tmp_path):

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ TINY = ["--trainer.max_epochs=2", "--data.train_tokens=12000", "--model.embeddin
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "l0"
     proc = run_cli("reproduce.train", "--config", SMOKE, "--run_dir", str(run_dir), "--wandb",
-                   "offline", "--model.reg_lambda=2e-6", *TINY)
+                   "offline", "--model.reg_lambda=2e-6", "--model.gate_history_every=10", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
 
@@ -47,7 +48,8 @@ def test_fit_writes_result_export_and_logs(finished_run):
                 "size/flops_per_token", "test_ppl"):
         assert key in logged, key
     history = [json.loads(line) for line in (run_dir / "gate_history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [0, 1]
+    # every 10 steps; an epoch is 30 steps, and its end is not recorded twice
+    assert [(h["epoch"], h["step"]) for h in history] == [(0, 10), (0, 20), (0, 30), (1, 40), (1, 50), (1, 60)]
     assert [len(p) for p in history[-1]["hidden"]] == [24, 20]
     assert all(0 <= p <= 1 for layer in history[-1]["input"] for p in layer)
 
@@ -94,25 +96,28 @@ def _corrupt_dir(tmp_path, damage):
     return str(tmp_path)
 
 
-BAD_INPUTS = {
-    "wrong data path": (lambda t: ["--data.source=local", f"--data.data_dir={t}/missing"],
-                        "is not a folder"),
-    "truncated gzip": (lambda t: ["--data.source=local",
-                                  f"--data.data_dir={_corrupt_dir(t, 'truncated')}"],
-                       "ptb.valid.txt.gz is not a readable gzip file"),
-    "corrupted gzip": (lambda t: ["--data.source=local",
-                                  f"--data.data_dir={_corrupt_dir(t, 'garbage')}"],
-                       "ptb.valid.txt.gz is not a readable gzip file"),
-    "unknown key on the command line": (lambda t: ["--model.lambda=1e-6"], "model.lambda"),
-    "unknown key in a config file": (
-        lambda t: ["--config", str(_write(t / "bad.yaml", "model:\n  hiden_sizes: [10]\n"))],
-        "hiden_sizes"),
-    "malformed YAML": (lambda t: ["--config", str(_write(t / "bad.yaml", "model: [1\n"))],
-                       "Problems parsing config"),
-    "wrong type": (lambda t: ["--model.reg_lambda=abc"], "model.reg_lambda"),
-    "negative lambda": (lambda t: ["--model.reg_lambda=-1e-6"], "reg_lambda must be >= 0"),
-    "missing config file": (lambda t: ["--config", f"{t}/nope.yaml"], "does not exist"),
-}
+def _empty_dir(tmp_path):
+    for name in ("train", "valid", "test"):
+        (tmp_path / f"ptb.{name}.txt").write_text("" if name == "test" else "a b c\n")
+    return str(tmp_path)
+
+
+def _modified_embedded_copy(tmp_path, monkeypatch):
+    """The shipped PTB files with one word changed in valid: its sha256 no longer matches."""
+    import gzip
+    import shutil
+
+    from lightning_modules import ptb_data
+
+    for f in ptb_data.EMBEDDED_DIR.glob("*.gz"):
+        shutil.copy(f, tmp_path / f.name)
+    path = tmp_path / "ptb.valid.txt.gz"
+    with gzip.open(path, "rb") as f:
+        text = f.read()
+    with gzip.open(path, "wb") as f:
+        f.write(text.replace(b" the ", b" teh ", 1))
+    monkeypatch.setattr(ptb_data, "EMBEDDED_DIR", tmp_path)
+    return []
 
 
 def _write(path, text):
@@ -120,14 +125,63 @@ def _write(path, text):
     return path
 
 
+QUICK = ["--trainer.max_epochs=2", "--data.train_tokens=12000", "--model.embedding_dim=16",
+         "--model.hidden_sizes=[16,12]", "--data.test_batch_size=20", "--trainer.enable_progress_bar=false"]
+
+# name: (extra arguments (from tmp_path, monkeypatch), text the one error line must contain)
+# README "Troubleshooting" lists these with their messages; keep the two in step.
+BAD_INPUTS = {
+    "wrong data path": (lambda t, m: ["--data.source=local", f"--data.data_dir={t}/missing"], "is not a folder"),
+    "truncated gzip": (lambda t, m: ["--data.source=local", f"--data.data_dir={_corrupt_dir(t, 'truncated')}"],
+                       "ptb.valid.txt.gz is not a readable gzip file"),
+    "corrupted gzip": (lambda t, m: ["--data.source=local", f"--data.data_dir={_corrupt_dir(t, 'garbage')}"],
+                       "ptb.valid.txt.gz is not a readable gzip file"),
+    "checksum mismatch": (_modified_embedded_copy, "ptb.valid.txt.gz fails its sha256 check"),
+    "empty split": (lambda t, m: ["--data.source=local", f"--data.data_dir={_empty_dir(t)}"], "ptb.test.txt is empty"),
+    "too few training tokens": (lambda t, m: ["--data.train_tokens=30"], "are too few for batch_size=20"),
+    "unknown key on the command line": (lambda t, m: ["--model.lambda=1e-6"], "model.lambda"),
+    "unknown key in a config file": (
+        lambda t, m: ["--config", str(_write(t / "bad.yaml", "model:\n  hiden_sizes: [10]\n"))], "hiden_sizes"),
+    "malformed YAML": (lambda t, m: ["--config", str(_write(t / "bad.yaml", "model: [1\n"))],
+                       "Problems parsing config"),
+    "wrong type": (lambda t, m: ["--model.reg_lambda=abc"], "model.reg_lambda"),
+    "negative lambda": (lambda t, m: ["--model.reg_lambda=-1e-6"], "reg_lambda must be >= 0"),
+    "unknown method": (lambda t, m: ["--model.method=lol"], "model.method"),
+    "magnitude target larger than the layer": (
+        lambda t, m: ["--model.method=magnitude", "--model.target_neurons=[40,12]"], "target_neurons"),
+    "missing config file": (lambda t, m: ["--config", f"{t}/nope.yaml"], "does not exist"),
+    "direct design from a missing result": (
+        lambda t, m: ["--model.method=none", f"--model.sizes_from={t}/none.json"], "none.json not found"),
+    "negative checkpoint interval": (lambda t, m: ["--checkpoint_every_n_steps=-1"], "checkpoint_every_n_steps"),
+    # an lr that explodes in epoch 1 (x1e30 from then on): the loss turns non-finite mid-run
+    "NaN loss": (lambda t, m: [*QUICK, "--model.lr_decay=1e30", "--model.lr_decay_start_epoch=1"],
+                 "the training loss became"),
+    "a penalty that prunes a whole layer": (lambda t, m: [*QUICK, "--model.reg_lambda=1.0"], "was pruned"),
+}
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_ends_in_one_clear_line(tmp_path, case):
+def test_bad_input_ends_in_one_clear_line(tmp_path, monkeypatch, capsys, case):
+    from reproduce.train import main as train_main
+
     make_args, expected = BAD_INPUTS[case]
-    proc = run_cli("reproduce.train", "--config", SMOKE, "--run_dir", str(tmp_path / "run"),
-                   "--wandb", "disabled", *make_args(tmp_path), timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert expected in lines[0]
+    extra = make_args(tmp_path, monkeypatch)
+    capsys.readouterr()
+    code = train_main(["--config", SMOKE, "--run_dir", str(tmp_path / "run"), "--wandb", "disabled", *extra])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err
+    assert lines[-1].startswith("error: ") and expected in lines[-1], lines[-1]
     assert not (tmp_path / "run" / "result.json").exists()
+    if case == "NaN loss":  # named with its step (epoch 1 starts at step 29); the last good checkpoint stays
+        step = int(re.search(r"became (?:nan|inf|-inf) at step (\d+)", lines[-1]).group(1))
+        assert step >= 29
+        assert (tmp_path / "run" / "checkpoints" / "epoch000.ckpt").exists()
+
+
+def test_bad_input_in_a_real_process_prints_one_line_only(tmp_path):
+    proc = run_cli("reproduce.train", "--config", SMOKE, "--run_dir", str(tmp_path / "run"),
+                   "--wandb", "disabled", "--model.reg_lambda=-1e-6", timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr

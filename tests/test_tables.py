@@ -1,0 +1,243 @@
+"""`python -m reproduce table`: rows from fixture run dirs, matched to the registry's reported rows."""
+
+import csv
+import json
+import math
+import sys
+import types
+
+import pytest
+from fixtures.run_dirs import L0_TEST_PPL, make_runs, result, speed_json, write_run
+
+from lightning_modules.errors import UserError
+from reproduce.__main__ import main
+from reproduce.tables import read_speed, write_tables
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    runs = make_runs(tmp_path_factory.mktemp("runs"))
+    out = write_tables("ptb", runs)
+    return out, out["markdown"].read_text(), list(csv.DictReader(out["csv"].open()))
+
+
+def md_lines(text: str) -> dict[str, list[str]]:
+    """{first cell: cells} of every table line of a Markdown file."""
+    lines = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| row "):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            lines[cells[0]] = cells
+    return lines
+
+
+HEADER = ["row", "method", "lambda", "seeds", "hidden", "input", "params", "flops", "val", "test", "d_val",
+          "d_test", "speedup"]
+
+
+def cells(lines: dict, prefix: str) -> dict[str, str]:
+    (key,) = [k for k in lines if k.startswith(prefix)]
+    return dict(zip(HEADER, lines[key]))
+
+
+def test_reported_numbers_sit_under_the_matching_run(built):
+    out, md, _ = built
+    lines = md_lines(md)
+    dense, tf_small = cells(lines, "r1"), cells(lines, "↳ reported `tf_small`")
+    assert (dense["method"], dense["val"], dense["test"]) == ("dense", "117.00", "112.26")
+    assert (tf_small["val"], tf_small["test"], tf_small["d_val"], tf_small["d_test"]) == (
+        "121.39", "115.91", "-4.39", "-3.65")
+    # the reported line comes right after its run, and no medium/large dense row is matched to a small run
+    text_lines = md.splitlines()
+    (at,) = [i for i, line in enumerate(text_lines) if line.startswith("| r1 |")]
+    assert text_lines[at + 1].startswith("| ↳ reported `tf_small`") and text_lines[at + 2].startswith("| r2 |")
+    by_row = {row["runs"][0]: [e["id"] for e in row["reported"]] for row in out["rows"]}
+    assert by_row == {"dense": ["tf_small"], "l0_s1": [], "lasso": [],
+                      "iss_large": ["iss_large", "iss_large_failed_reproduction", "zhang_ou_iss"]}
+    failed = cells(lines, "↳ reported `iss_large_failed_reproduction`")
+    assert failed["d_test"] == f"{80.0 - 95.16:+.2f}"
+
+
+def test_empty_reported_cell_stays_empty_in_markdown_and_csv(built):
+    _, md, rows = built
+    iss = cells(md_lines(md), "↳ reported `iss_large`")
+    assert iss["val"] == iss["test"] == iss["d_val"] == iss["d_test"] == ""
+    assert (iss["hidden"], iss["speedup"], iss["lambda"]) == ("[373, 315]", "10.59x", "0.00245")
+    (line,) = [r for r in rows if r["reported_id"] == "iss_large"]
+    assert line["reported_val_ppl"] == line["reported_test_ppl"] == line["diff_test_ppl"] == ""
+    assert line["test_ppl_mean"] == "80.0"  # our own number is there; only the missing one is empty
+    assert "nan" not in md.lower() and "None" not in md
+    assert not any(v in ("nan", "None", "NaN") for r in rows for v in r.values())
+
+
+def test_seeds_are_one_row_with_mean_and_sample_std(built):
+    _, md, rows = built
+    l0 = cells(md_lines(md), "r2")
+    std = math.sqrt(sum((x - 118.0) ** 2 for x in L0_TEST_PPL) / (len(L0_TEST_PPL) - 1))
+    assert l0["seeds"] == "1, 2" and l0["test"] == f"118.00 ± {std:.2f}"
+    assert l0["hidden"] == "[111.0±1.4, 103.0±2.8]" and l0["lambda"] == "1e-07"
+    assert l0["speedup"] == "1.65x ± 0.07 / 1.80x ± 0.00"
+    (line,) = [r for r in rows if r["method"] == "l0" and r["status"] == "reproduced"]
+    assert json.loads(line["seeds"]) == [1, 2] and json.loads(line["runs"]) == ["l0_s1", "l0_s2"]
+    assert float(line["test_ppl_mean"]) == pytest.approx(118.0) and float(line["test_ppl_std"]) == pytest.approx(std)
+    assert json.loads(line["hidden_kept_mean"]) == [111.0, 103.0]
+    assert len(json.loads(line["commands"])) == 2 and "--seed_everything=2" in json.loads(line["commands"])[1]
+    assert "--run_dir results/ptb/small/l0_s2 --seed_everything=2`" in md  # each seed's command is named
+
+
+def test_unfinished_runs_are_skipped_and_footnoted(built):
+    out, md, rows = built
+    assert out["unfinished"] == ["unfinished_direct"]
+    assert all("unfinished_direct" not in r["runs"] for r in rows)
+    assert "Unfinished (no result.json yet, not in the table): unfinished_direct." in md
+
+
+def test_every_reported_row_appears_and_unrun_ones_say_so(built):
+    out, md, rows = built
+    not_run = {r["reported_id"] for r in rows if r["status"] == "not yet run"}
+    assert not_run == {"zaremba_medium", "tf_medium", "zaremba_large", "tf_large", "zhang_ou_zaremba_large",
+                       "paper_l0_large"}
+    assert "| not yet run: reported `paper_l0_large`" in md
+    assert "## large (2x1500)" in md and "## medium (2x650)" in md
+    # each cited entry names its source with the citation
+    assert "`iss_large`: Wen et al. Learning Intrinsic Sparse Structures" in md
+
+
+def test_speedups_measured_missing_and_unstructured(built):
+    _, md, rows = built
+    lines = md_lines(md)
+    assert cells(lines, "r3")["speedup"] == "1.00x / 1.00x (n2)"  # lasso: speed.json said 0.97x
+    assert "n2: unstructured sparsity (40% of the LSTM weights zero but no neuron removed)" in md
+    assert cells(lines, "r4")["speedup"] == "not measured"
+    assert cells(lines, "r1")["speedup"] == "1.00x / 1.00x (n1)"  # dense: the reference, measured or not
+    assert "n1: the dense model is the reference of every speedup" in md
+    (lasso,) = [r for r in rows if r["method"] == "lasso"]
+    assert float(lasso["speedup_b1_mean"]) == 1.0 and "unstructured" in lasso["speed_note"]
+    (iss,) = [r for r in rows if r["method"] == "group_lasso" and r["reported_id"] == "iss_large"]
+    assert iss["speedup_b1_mean"] == "" and iss["speed_note"] == "not measured"
+
+
+def test_csv_numeric_columns_parse_as_numbers(built):
+    _, _, rows = built
+    numeric = [k for k in rows[0] if k.endswith(("_mean", "_std")) or k.startswith(("reported_v", "reported_t",
+                                                                                       "diff_", "reported_params"))]
+    numeric = [k for k in numeric if not k.startswith(("hidden_kept", "input_kept"))]
+    for row in rows:
+        for key in numeric:
+            if row[key]:
+                float(row[key])  # no "±", "x" or "," inside a numeric cell
+    assert {r["status"] for r in rows} == {"reproduced", "not yet run"}
+
+
+def test_read_speed_layouts(tmp_path):
+    assert read_speed(tmp_path) is None and read_speed(None) is None
+    (tmp_path / "speed.json").write_text(json.dumps({"speedup": {"torch": {"model": {"1": 2.0, "20": 3.0}}},
+                                                     "latency": {"torch": {"model": {"1": {"pruned": 0.5}}}}}))
+    assert read_speed(tmp_path) == {"b1": 2.0, "b20": 3.0, "latency_b1_ms": 0.5, "dense_latency_b1_ms": None}
+    (tmp_path / "speed.json").write_text(json.dumps(speed_json(2.0, 3.0, 0.5)))  # statistics blocks, as speed.py
+    assert read_speed(tmp_path) == {"b1": 2.0, "b20": 3.0, "latency_b1_ms": 0.5, "dense_latency_b1_ms": 1.0}
+    (tmp_path / "speed.json").write_text(json.dumps({"something": "else"}))
+    assert read_speed(tmp_path) is None
+    (tmp_path / "speed.json").write_text("{not json")
+    with pytest.raises(UserError, match="speed.json: not readable JSON"):
+        read_speed(tmp_path)
+
+
+def test_cli_writes_tables_and_plots_into_the_profile_folder(tmp_path, capsys):
+    make_runs(tmp_path / "ptb" / "small")
+    assert main(["table", "ptb", "--results", str(tmp_path), "--profile", "small"]) == 0
+    out = capsys.readouterr()
+    folder = tmp_path / "ptb" / "small"
+    assert {p.name for p in folder.glob("*.md")} == {"table.md"} and (folder / "table.csv").is_file()
+    assert (folder / "pareto_neurons.png").is_file() and (folder / "gate_open_l0_s1.png").is_file()
+    assert "| r1 | dense |" in out.out and "unfinished (no result.json, skipped): unfinished_direct" in out.err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["table", "cifar", "--runs", "{tmp}"], "unknown dataset 'cifar'; available: ptb, squad"),
+    (["table", "ptb", "--runs", "{tmp}/missing"], "missing: no such folder of run dirs"),
+    (["table", "ptb", "--runs", "{tmp}"], "no finished ptb run (a result.json) (unfinished: only_config)"),
+    (["table", "ptb", "--wandb", "no-slash"], "give ENTITY/PROJECT"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    write_run(tmp_path, "only_config", None)
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+class _SummaryDict:
+    """W&B's summary types are mappings, not dicts."""
+
+    def __init__(self, data):
+        self._data = data
+
+    def items(self):
+        return [(k, _SummaryDict(v) if isinstance(v, dict) else v) for k, v in self._data.items()]
+
+    def __getitem__(self, key):
+        value = self._data[key]
+        return _SummaryDict(value) if isinstance(value, dict) else value
+
+
+def fake_wandb(runs: list, fail: bool = False):
+    class Api:
+        asked = []
+
+        def runs(self, path):
+            Api.asked.append(path)
+            if fail:
+                raise RuntimeError("Could not find project\nmore detail")
+            return runs
+
+    return types.SimpleNamespace(Api=Api)
+
+
+def wandb_run(name, state, res):
+    return types.SimpleNamespace(name=name, id=name, state=state, summary=_SummaryDict({"result": res} if res else {}))
+
+
+def test_wandb_project_gives_the_same_rows(tmp_path, monkeypatch, capsys):
+    squad = result("l0", [100], [60], 0, 0, dataset="squad")
+    squad["metrics"] = {"em": 60.0, "f1": 70.0}
+    api_runs = [
+        wandb_run("dense", "finished", result("none", [200, 200], [200, 200], 117.0, 112.26)),
+        wandb_run("l0-a", "finished", result("l0", [200, 200], [112, 105], 122.3, 117.8, seed=1, lam=1e-7)),
+        wandb_run("l0-b", "finished", result("l0", [200, 200], [110, 101], 122.7, 118.2, seed=2, lam=1e-7)),
+        wandb_run("big", "finished", result("group_lasso", [1500, 1500], [373, 315], 84, 80, profile="paper")),
+        wandb_run("squad", "finished", squad),
+        wandb_run("still-training", "running", None),
+    ]
+    wandb = fake_wandb(api_runs)
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    assert main(["table", "ptb", "--wandb", "team/proj", "--profile", "small", "--results", str(tmp_path)]) == 0
+    assert wandb.Api.asked == ["team/proj"]
+    folder = tmp_path / "ptb" / "wandb-proj"
+    md = (folder / "table.md").read_text()
+    lines = md_lines(md)
+    assert cells(lines, "↳ reported `tf_small`")["d_test"] == "-3.65"
+    assert cells(lines, "r2")["test"].startswith("118.00 ± ") and cells(lines, "r2")["seeds"] == "1, 2"
+    assert "| not yet run: reported `iss_large`" in md  # the paper-profile run was filtered out
+    assert "still-training (running)" in md and "the W&B project `team/proj`" in md
+    assert (folder / "pareto_neurons.png").is_file() and not list(folder.glob("gate_open_*"))
+
+
+def test_wandb_failure_is_a_user_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb([], fail=True))
+    with pytest.raises(UserError, match=r"--wandb team/proj: cannot list its runs \(Could not find project\)"):
+        write_tables("ptb", tmp_path, wandb_project="team/proj")
+
+
+def test_squad_rows_show_em_and_f1_against_bidaf(tmp_path):
+    res = result("none", [100], [100], 0, 0, dataset="squad")
+    res["metrics"] = {"em": 66.5, "f1": 76.8}
+    write_run(tmp_path, "bidaf_dense", res)
+    write_run(tmp_path, "ptb_run", result("none", [200, 200], [200, 200], 117.0, 112.26))  # another dataset
+    out = write_tables("squad", tmp_path)
+    md = out["markdown"].read_text()
+    assert "| row | method | λ / target | seeds | hidden kept | input kept | params | FLOPs/token | EM | F1 |" in md
+    seo = cells(md_lines(md), "↳ reported `bidaf_seo2017`")
+    assert (seo["val"], seo["test"], seo["d_val"], seo["d_test"]) == ("67.70", "77.30", "-1.20", "-0.50")
+    assert [row["runs"] for row in out["rows"]] == [["bidaf_dense"]]
+    (line,) = [r for r in csv.DictReader(out["csv"].open()) if r["reported_id"] == "bidaf_seo2017"]
+    assert float(line["diff_f1"]) == pytest.approx(-0.5) and line["em_mean"] == "66.5"
