@@ -182,6 +182,7 @@ class LanguageModelTask(L.LightningModule):
         if not torch.isfinite(objective):
             raise UserError(f"the training loss became {objective.item()} at step "
                             f"{self.global_step}; lower model.lr or model.reg_lambda")
+        self._segment_len = y.shape[1]
         self.train_ce.update(ce.detach(), weight=y.numel())
         self.log("train/loss", ce, on_step=True, on_epoch=False, prog_bar=True)
         return objective * y.shape[1]
@@ -199,10 +200,15 @@ class LanguageModelTask(L.LightningModule):
             self._apply_resume_state(self._pending_resume)
             self._pending_resume = None
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Thresholding / masking of the Lasso and magnitude methods belong to the step itself:
+        # a checkpoint written after it (callbacks' on_train_batch_end) must hold their effect.
+        # Lightning counts this step (global_step + 1) once this hook returns.
+        self.pruning.after_optimizer_step(self.model, self.global_step + 1, self._segment_len)
         self._windows_done = batch_idx + 1
-        # after the optimizer step: thresholding / masking of the Lasso and magnitude methods
-        self.pruning.after_optimizer_step(self.model, self.global_step, batch[0].shape[1])
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         every = self.hparams.gate_history_every
         if every and self.global_step % every == 0:
             self._append_gate_history()

@@ -213,6 +213,8 @@ def train(args: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\) is deprecated")
     # the run dir is never empty; the old metrics.csv is set aside and merged back (below)
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    # a resumed run's checkpoint folder holds its earlier checkpoints, by design
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # resuming mid-epoch is exact here (the task and the data module restore the position)
     warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
     cli = build_cli(args)

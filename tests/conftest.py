@@ -32,3 +32,16 @@ def ptb():
     dm = PTBDataModule()
     dm.setup()
     return dm
+
+
+@pytest.fixture(autouse=True)
+def _lightning_logs_to_current_stderr():
+    """Lightning's loggers keep the stderr of the moment they were imported; under capsys that
+    stream is closed by the next test ("--- Logging error ---"). Point them at the current one."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.stream = sys.stderr  # not setStream: it flushes the old, closed stream
+    yield

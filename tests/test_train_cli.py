@@ -148,7 +148,8 @@ BAD_INPUTS = {
     "negative lambda": (lambda t, m: ["--model.reg_lambda=-1e-6"], "reg_lambda must be >= 0"),
     "unknown method": (lambda t, m: ["--model.method=lol"], "model.method"),
     "magnitude target larger than the layer": (
-        lambda t, m: ["--model.method=magnitude", "--model.target_neurons=[40,12]"], "target_neurons"),
+        lambda t, m: ["--model.method=magnitude", "--model.reg_lambda=0", "--model.target_neurons=[40,12]"],
+        "target_neurons"),
     "missing config file": (lambda t, m: ["--config", f"{t}/nope.yaml"], "does not exist"),
     "direct design from a missing result": (
         lambda t, m: ["--model.method=none", f"--model.sizes_from={t}/none.json"], "none.json not found"),
