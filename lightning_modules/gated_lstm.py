@@ -114,7 +114,7 @@ class GatedLSTM(nn.Module):
 
     # ---- the gates' expected size (what survives is export.neurons_kept) ---------------
 
-    def expected_l0(self, penalty: str = "weights") -> torch.Tensor:
+    def expected_l0(self, penalty: str = "weights", input_alive: torch.Tensor | None = None) -> torch.Tensor:
         """Differentiable expected L0 under the gate distribution.
 
         penalty="weights": expected number of non-zero entries of all weight_ih and
@@ -125,6 +125,8 @@ class GatedLSTM(nn.Module):
             E[nnz weight_hh] = 4 * E[n_h^2] = 4 * (sum(p)^2 - sum(p^2) + sum(p))
         (row j and column j of weight_hh share one gate, hence the exact second moment).
         penalty="neurons": expected number of open gates, sum of P(z != 0) over all gates.
+        input_alive: P(input i of layer 0 is produced at all), when gated neurons of another
+        module produce it (BiDAF: one LSTM reads another's output); default 1.
         Ungated: the actual count, as a constant.
         """
         if not self.gated:
@@ -141,6 +143,8 @@ class GatedLSTM(nn.Module):
             q = self.input_gates[k].prob_nonzero()
             if k > 0:
                 q = q * self.hidden_gates[k - 1].prob_nonzero()
+            elif input_alive is not None:
+                q = q * input_alive
             sp = p.sum()
             total = total + 4.0 * (sp * q.sum() + sp * sp - (p * p).sum() + sp)
         return total

@@ -5,6 +5,10 @@ step (thresholding, masking); GATED_METHODS get an LSTM with gates. Which neuron
 survive is read off the model itself by `export.neuron_scales` (gate values, or
 all-zero ISS groups), so every method exports and reports sizes the same way.
 
+Models: the LSTM language model (its layers, read by the next layer and the decoder), or any
+model that lists its LSTMs itself: `iss_units()` (structured_sparsity.ISSUnit: an LSTM and the
+weight columns that read each hidden neuron) and `expected_l0(form)` (BiDAF).
+
 Methods:
   none         dense training (also the "direct design" control: a dense model of given sizes)
   l0           hard concrete gates, penalty reg_lambda * E[L0] (GatedLSTM.expected_l0)
@@ -21,12 +25,14 @@ from torch import nn
 from .errors import UserError
 from .language_model import LSTMLanguageModel
 from .structured_sparsity import (
-    group_lasso_penalty,
-    iss_group_norms,
+    ISSUnit,
+    input_group_norms,
     l1_penalty,
+    lm_units,
     lstm_weight_matrices,
     scheduled_neuron_count,
     threshold_,
+    unit_group_norms,
     zhu_gupta_sparsity,
 )
 
@@ -34,15 +40,26 @@ METHODS = ("none", "l0", "group_lasso", "lasso", "magnitude")
 GATED_METHODS = ("l0",)  # the LSTM is built with hard concrete gates for these
 
 
+def prunable_units(model: nn.Module) -> list[ISSUnit]:
+    """The LSTMs a method acts on, each with the weight columns that read its hidden neurons."""
+    if isinstance(model, LSTMLanguageModel):
+        return lm_units(list(model.rnn.layers), model.decoder.weight)
+    return model.iss_units()
+
+
+def _expected_l0(model: nn.Module, form: str) -> torch.Tensor:
+    return model.rnn.expected_l0(form) if isinstance(model, LSTMLanguageModel) else model.expected_l0(form)
+
+
 class PruningMethod(nn.Module):
     """Base: dense training. Subclasses override what they need. An nn.Module so that any
     state (magnitude masks) is saved in checkpoints with the model."""
 
-    def penalty(self, model: LSTMLanguageModel) -> torch.Tensor | None:
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
         """Per-token penalty added to the cross-entropy (None: no penalty)."""
         return None
 
-    def after_optimizer_step(self, model: LSTMLanguageModel, step: int, num_steps: int) -> None:
+    def after_optimizer_step(self, model: nn.Module, step: int, num_steps: int) -> None:
         """Called after every optimizer step; `step` counts optimizer steps done (from 1)."""
 
 
@@ -54,7 +71,7 @@ class L0Gates(PruningMethod):
     def penalty(self, model):
         if self.reg_lambda == 0:
             return None
-        return self.reg_lambda * model.rnn.expected_l0(self.form)
+        return self.reg_lambda * _expected_l0(model, self.form)
 
 
 class _Thresholded(PruningMethod):
@@ -73,7 +90,7 @@ class _Thresholded(PruningMethod):
             return self.threshold
         return max(1e-4, 2.0 * self.reg_lambda * num_steps)
 
-    def thresholded_tensors(self, model: LSTMLanguageModel) -> list[torch.Tensor]:
+    def thresholded_tensors(self, model: nn.Module) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def after_optimizer_step(self, model, step, num_steps):
@@ -89,23 +106,28 @@ class GroupLasso(_Thresholded):
     def penalty(self, model):
         if self.reg_lambda == 0:
             return None
-        emb = model.embedding.weight if self.input_groups else None
-        return self.reg_lambda * group_lasso_penalty(list(model.rnn.layers), model.decoder.weight, emb)
+        total = sum(norms.sum() for norms in unit_group_norms(prunable_units(model)))
+        if self.input_groups:
+            total = total + input_group_norms(list(model.rnn.layers), model.embedding.weight).sum()
+        return self.reg_lambda * total
 
     def thresholded_tensors(self, model):
         # every tensor an ISS group lives in, so that whole groups can reach exact zero
-        tensors = [p for lstm in model.rnn.layers for p in lstm.parameters()]
-        return [*tensors, model.decoder.weight] + ([model.embedding.weight] if self.input_groups else [])
+        units = prunable_units(model)
+        tensors = [p for u in units for p in u.lstm.parameters()] + [w for u in units for w, _ in u.consumers]
+        if self.input_groups:
+            tensors.append(model.embedding.weight)
+        return list({id(t): t for t in tensors}.values())  # a consumer may be another unit's weight_ih
 
 
 class Lasso(_Thresholded):
     def penalty(self, model):
         if self.reg_lambda == 0:
             return None
-        return self.reg_lambda * l1_penalty(lstm_weight_matrices(list(model.rnn.layers)))
+        return self.reg_lambda * l1_penalty(lstm_weight_matrices([u.lstm for u in prunable_units(model)]))
 
     def thresholded_tensors(self, model):
-        return lstm_weight_matrices(list(model.rnn.layers))
+        return lstm_weight_matrices([u.lstm for u in prunable_units(model)])
 
 
 class Magnitude(PruningMethod):
@@ -118,11 +140,11 @@ class Magnitude(PruningMethod):
     after every step.
     """
 
-    def __init__(self, model: LSTMLanguageModel, structured: bool, target_sparsity: float | None,
+    def __init__(self, model: nn.Module, structured: bool, target_sparsity: float | None,
                  target_neurons: list[int] | None, begin_step: int, end_step: int, every: int) -> None:
         super().__init__()
         self.structured, self.begin, self.end, self.every = structured, begin_step, end_step, every
-        sizes = model.rnn.hidden_sizes
+        sizes = [u.lstm.hidden_size for u in prunable_units(model)]
         if structured:
             if not target_neurons or len(target_neurons) != len(sizes) or any(
                     not 0 < t <= h for t, h in zip(target_neurons, sizes)):
@@ -136,7 +158,7 @@ class Magnitude(PruningMethod):
                 raise UserError("magnitude pruning with structured=false needs model.target_sparsity "
                                 f"in [0, 1), got {target_sparsity}")
             self.target_sparsity = target_sparsity
-            for k, w in enumerate(lstm_weight_matrices(list(model.rnn.layers))):
+            for k, w in enumerate(lstm_weight_matrices([u.lstm for u in prunable_units(model)])):
                 self.register_buffer(f"mask_{k}", torch.ones_like(w, dtype=torch.bool))
         if not 0 <= begin_step < end_step or every < 1:
             raise UserError(f"magnitude pruning needs 0 <= prune_begin_step < prune_end_step and "
@@ -149,11 +171,12 @@ class Magnitude(PruningMethod):
         return [b for name, b in self.named_buffers() if name.startswith("mask_")]
 
     @torch.no_grad()
-    def update_masks(self, model: LSTMLanguageModel, step: int) -> None:
-        layers = list(model.rnn.layers)
+    def update_masks(self, model: nn.Module, step: int) -> None:
+        units = prunable_units(model)
         if self.structured:
-            norms = iss_group_norms(layers, model.decoder.weight)
-            for k, (alive, h) in enumerate(zip(self.alive(), model.rnn.hidden_sizes)):
+            norms = unit_group_norms(units)
+            for k, (alive, unit) in enumerate(zip(self.alive(), units)):
+                h = unit.lstm.hidden_size
                 keep = scheduled_neuron_count(step, self.begin, self.end, h, self.target_neurons[k])
                 if keep < int(alive.sum()):
                     score = torch.where(alive, norms[k], torch.full_like(norms[k], -1.0))
@@ -161,26 +184,26 @@ class Magnitude(PruningMethod):
                     alive[torch.topk(score, keep).indices] = True
         else:
             sparsity = zhu_gupta_sparsity(step, self.begin, self.end, self.target_sparsity)
-            for w, mask in zip(lstm_weight_matrices(layers), self.masks()):
+            for w, mask in zip(lstm_weight_matrices([u.lstm for u in units]), self.masks()):
                 n_prune = int(round(sparsity * w.numel()))
                 if n_prune > int((~mask).sum()):
                     score = torch.where(mask, w.abs(), torch.full_like(w, -1.0)).flatten()
                     mask.view(-1)[torch.topk(score, n_prune, largest=False).indices] = False
 
     @torch.no_grad()
-    def apply_masks(self, model: LSTMLanguageModel) -> None:
-        layers = list(model.rnn.layers)
+    def apply_masks(self, model: nn.Module) -> None:
+        units = prunable_units(model)
         if self.structured:
-            for k, (lstm, alive) in enumerate(zip(layers, self.alive())):
+            for unit, alive in zip(units, self.alive()):
                 dead = ~alive
                 rows = dead.repeat(4)  # the neuron's row in each of the i, f, g, o blocks
-                for p in lstm.parameters():
+                for p in unit.lstm.parameters():
                     p[rows] = 0.0
-                lstm.weight_hh_l0[:, dead] = 0.0
-                consumer = layers[k + 1].weight_ih_l0 if k + 1 < len(layers) else model.decoder.weight
-                consumer[:, dead] = 0.0
+                unit.lstm.weight_hh_l0[:, dead] = 0.0
+                for weight, cols in unit.consumers:
+                    weight[:, cols.to(weight.device)[dead].flatten()] = 0.0
         else:
-            for w, mask in zip(lstm_weight_matrices(layers), self.masks()):
+            for w, mask in zip(lstm_weight_matrices([u.lstm for u in units]), self.masks()):
                 w.mul_(mask)
 
     def after_optimizer_step(self, model, step, num_steps):
@@ -189,7 +212,7 @@ class Magnitude(PruningMethod):
         self.apply_masks(model)
 
 
-def build_pruning_method(method: str, model: LSTMLanguageModel, *, reg_lambda: float, l0_penalty: str,
+def build_pruning_method(method: str, model: nn.Module, *, reg_lambda: float, l0_penalty: str,
                          zero_threshold: float | None, input_groups: bool, structured: bool,
                          target_sparsity: float | None, target_neurons: list[int] | None,
                          prune_begin_step: int, prune_end_step: int, prune_every: int) -> PruningMethod:
@@ -203,6 +226,9 @@ def build_pruning_method(method: str, model: LSTMLanguageModel, *, reg_lambda: f
     if method == "l0":
         return L0Gates(reg_lambda, l0_penalty)
     if method == "group_lasso":
+        if input_groups and not isinstance(model, LSTMLanguageModel):
+            raise UserError("model.input_groups (groups on the embedding) exists for the language model only; "
+                            "set it to false")
         return GroupLasso(reg_lambda, zero_threshold, input_groups)
     if method == "lasso":
         return Lasso(reg_lambda, zero_threshold)

@@ -7,9 +7,15 @@ structures"): every weight that only exists because neuron k exists, i.e.
   - column k of its consumer: the next layer's weight_ih, or the decoder.
 Each weight belongs to the group once (row k and column k of weight_hh share 4 entries).
 A group that is all zeros is a removable neuron.
+
+A model other than the stacked LM (BiDAF: bidirectional LSTMs whose outputs are read by
+several matrices) describes its LSTMs as `ISSUnit`s: each single-layer LSTM with the weight
+columns that read each of its hidden neurons. The LM's layers are `lm_units(layers, decoder)`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -21,10 +27,31 @@ def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), torch.zeros_like(sq))
 
 
-def iss_group_squares(layers: list[nn.LSTM], decoder_weight: torch.Tensor) -> list[torch.Tensor]:
-    """Sum of squares of each hidden neuron's ISS group, one tensor of size H per layer."""
-    out = []
+@dataclass
+class ISSUnit:
+    """One single-layer LSTM and its consumers: hidden neuron j is read by `weight[:, cols[j]]`
+    for every (weight, cols) pair, cols a (hidden_size, k) index tensor."""
+
+    lstm: nn.LSTM
+    consumers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    name: str = ""
+
+
+def lm_units(layers: list[nn.LSTM], decoder_weight: torch.Tensor) -> list[ISSUnit]:
+    """A stack: layer k is read by column j of the next layer's weight_ih, or of the decoder."""
+    units = []
     for k, lstm in enumerate(layers):
+        consumer = layers[k + 1].weight_ih_l0 if k + 1 < len(layers) else decoder_weight
+        cols = torch.arange(lstm.hidden_size, device=consumer.device)[:, None]
+        units.append(ISSUnit(lstm, [(consumer, cols)], name=f"layer{k}"))
+    return units
+
+
+def unit_group_squares(units: list[ISSUnit]) -> list[torch.Tensor]:
+    """Sum of squares of each hidden neuron's ISS group, one tensor of size H per unit."""
+    out = []
+    for unit in units:
+        lstm = unit.lstm
         hidden = lstm.hidden_size
         w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
         rows = (w_ih.view(4, hidden, -1).square().sum((0, 2))
@@ -33,13 +60,28 @@ def iss_group_squares(layers: list[nn.LSTM], decoder_weight: torch.Tensor) -> li
                 + lstm.bias_hh_l0.view(4, hidden).square().sum(0))
         recurrent_cols = w_hh.square().sum(0)
         overlap = torch.diagonal(w_hh.view(4, hidden, hidden), dim1=1, dim2=2).square().sum(0)
-        consumer = layers[k + 1].weight_ih_l0 if k + 1 < len(layers) else decoder_weight
-        out.append(rows + recurrent_cols - overlap + consumer.square().sum(0))
+        consumed = sum(weight.square().sum(0)[cols.to(weight.device)].sum(1) for weight, cols in unit.consumers)
+        out.append(rows + recurrent_cols - overlap + consumed)
     return out
 
 
+def unit_group_norms(units: list[ISSUnit]) -> list[torch.Tensor]:
+    return [_safe_sqrt(sq) for sq in unit_group_squares(units)]
+
+
+def unit_zero_groups(units: list[ISSUnit]) -> list[torch.Tensor]:
+    """Boolean mask per unit of the hidden neurons whose ISS group is entirely zero."""
+    with torch.no_grad():
+        return [sq == 0 for sq in unit_group_squares(units)]
+
+
+def iss_group_squares(layers: list[nn.LSTM], decoder_weight: torch.Tensor) -> list[torch.Tensor]:
+    """Sum of squares of each hidden neuron's ISS group, one tensor of size H per layer."""
+    return unit_group_squares(lm_units(layers, decoder_weight))
+
+
 def iss_group_norms(layers: list[nn.LSTM], decoder_weight: torch.Tensor) -> list[torch.Tensor]:
-    return [_safe_sqrt(sq) for sq in iss_group_squares(layers, decoder_weight)]
+    return unit_group_norms(lm_units(layers, decoder_weight))
 
 
 def input_group_norms(layers: list[nn.LSTM], embedding_weight: torch.Tensor) -> torch.Tensor:
@@ -76,8 +118,7 @@ def threshold_(weights: list[torch.Tensor], threshold: float) -> int:
 
 def zero_groups(layers: list[nn.LSTM], decoder_weight: torch.Tensor) -> list[torch.Tensor]:
     """Boolean mask per layer of the hidden neurons whose ISS group is entirely zero."""
-    with torch.no_grad():
-        return [sq == 0 for sq in iss_group_squares(layers, decoder_weight)]
+    return unit_zero_groups(lm_units(layers, decoder_weight))
 
 
 def zhu_gupta_sparsity(step: int, begin_step: int, end_step: int, final_sparsity: float,

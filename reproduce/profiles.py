@@ -26,6 +26,7 @@ class PlannedRun:
     config: str
     cpu_minutes: float  # expected on this project's 2-core reference machine, for the ETA
     sizes_from: str | None = None  # direct design: the run of this profile whose kept sizes it trains
+    module: str = "reproduce.train"  # the training entry point (SQuAD: reproduce.train_squad)
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,16 @@ def _ptb(scale: str, minutes: float, methods: list[str]) -> list[PlannedRun]:
             for m in methods]
 
 
+def _squad(scale: str, minutes: float, methods: list[str]) -> list[PlannedRun]:
+    return [PlannedRun(m, f"squad_{scale}_{m}.yaml", minutes, module="reproduce.train_squad") for m in methods]
+
+
 PROFILES: dict[str, dict[str, Profile]] = {
     "ptb": {
         # every method on a 2x64 LSTM and 150k training tokens: a < 5 min pipeline check
         "smoke": Profile(_ptb("smoke", 1.5, ["l0", "dense", "group_lasso", "lasso", "magnitude", "direct"]),
                          workers=2, about="pipeline check, not the paper's numbers",
-                         speed_args=("--quick",)),
+                         speed_args=("--quick", "--backends", "torch")),  # ONNX export is in the tests
         "small": Profile(_ptb("small", 80, ["dense", "l0", "group_lasso", "magnitude", "direct"]), workers=2,
                          about="Zaremba small (2x200) on full PTB: the CPU-sized comparison"),
         "paper": Profile([PlannedRun("medium_dense", "ptb_medium_dense.yaml", 39 * 12),
@@ -57,26 +62,35 @@ PROFILES: dict[str, dict[str, Profile]] = {
                           PlannedRun("large_direct", "ptb_large_direct.yaml", 55 * 15, sizes_from="large_l0")],
                          workers=1, about="Zaremba medium and large: GPU scale"),
     },
+    "squad": {
+        "smoke": Profile(_squad("smoke", 4, ["dense", "l0"]), workers=2,
+                         about="pipeline check: trains on 12 DEV articles, evaluates on 500 questions of the "
+                               "other 36; NOT comparable to SQuAD results"),
+        "paper": Profile(_squad("paper", 1700, ["dense", "l0", "group_lasso"]), workers=1,
+                         about="BiDAF at paper scale: needs the SQuAD train split, --data.glove_path and a GPU"),
+    },
 }
+# `auto` picks the paper profile on a GPU, else this one
+CPU_PROFILE = {"ptb": "small", "squad": "smoke"}
 
 
-def resolve_profile(profile: str) -> str:
+def resolve_profile(profile: str, dataset: str = "ptb") -> str:
     if profile != "auto":
         return profile
     import torch
 
     if torch.cuda.is_available():
         return "paper"
-    print("No GPU found: running the 'small' profile (Zaremba small, about 80 min per run on "
-          "2 CPU cores).\nThe paper-scale runs need a GPU: make reproduce-ptb PROFILE=paper",
-          file=sys.stderr)
-    return "small"
+    fallback = CPU_PROFILE[dataset]
+    print(f"No GPU found: running the {fallback!r} profile ({PROFILES[dataset][fallback].about}).\n"
+          f"The paper-scale runs need a GPU: make reproduce-{dataset} PROFILE=paper", file=sys.stderr)
+    return fallback
 
 
 def get_profile(dataset: str, profile: str) -> tuple[str, Profile]:
     if dataset not in PROFILES:
         raise UserError(f"unknown dataset {dataset!r}; available: {', '.join(PROFILES)}")
-    profile = resolve_profile(profile)
+    profile = resolve_profile(profile, dataset)
     if profile not in PROFILES[dataset]:
         raise UserError(f"unknown profile {profile!r} for {dataset}; use {', '.join(PROFILES[dataset])} or auto")
     return profile, PROFILES[dataset][profile]
@@ -88,7 +102,7 @@ def profile_jobs(dataset: str, profile: str, out_root: Path, extra_args: list[st
         config = CONFIG_DIR / run.config
         # recorded in result.json: keep it repo-relative when run from the repo root
         rel = os.path.relpath(config)
-        cmd = [sys.executable, "-m", "reproduce.train", "--config", str(config) if rel.startswith("..") else rel,
+        cmd = [sys.executable, "-m", run.module, "--config", str(config) if rel.startswith("..") else rel,
                "--run_dir", str(out_root / run.name), "--profile", profile]
         waits = []
         if run.sizes_from:
@@ -118,8 +132,10 @@ def analyse_runs(dataset: str, runs_dir: Path, speed_args: tuple[str, ...] = ())
     from .speed import default_settings, measure_run_dirs
     from .tables import write_tables
 
-    print(f"== speed of the exports under {runs_dir}", file=sys.stderr)
-    measure_run_dirs(sorted(p.parent for p in runs_dir.glob(f"*/{RESULT_FILE}")), default_settings(*speed_args))
+    if dataset == "ptb":  # a BiDAF run times its export against the dense model itself (batch 1)
+        print(f"== speed of the exports under {runs_dir}", file=sys.stderr)
+        measure_run_dirs(sorted(p.parent for p in runs_dir.glob(f"*/{RESULT_FILE}")),
+                         default_settings(*speed_args))
     write_tables(dataset, runs_dir)
     write_plots(dataset, runs_dir)
 

@@ -130,6 +130,18 @@ def load_wandb_runs(project: str, profile: str | None = None) -> tuple[list[Run]
     return runs, unfinished
 
 
+def _squad_latency(run_dir: Path) -> dict | None:
+    """A BiDAF run times its export against the dense model at batch 1 itself (result.json)."""
+    try:
+        timing = json.loads((run_dir / "result.json").read_text()).get("latency_batch1")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(timing, dict):
+        return None
+    return {"b1": timing.get("speedup_median"), "b20": None, "latency_b1_ms": timing.get("pruned_median_ms"),
+            "dense_latency_b1_ms": timing.get("dense_median_ms")}
+
+
 def read_speed(run_dir: Path | None) -> dict | None:
     """The measured speedups of `python -m reproduce speed` for one run; None if not measured.
 
@@ -137,8 +149,10 @@ def read_speed(run_dir: Path | None) -> dict | None:
     the whole model in PyTorch eager on the CPU; latency = median ms per time step at batch 1 of
     the pruned model and of the dense model it was timed against.
     """
-    if run_dir is None or not (Path(run_dir) / SPEED_FILE).is_file():
+    if run_dir is None:
         return None
+    if not (Path(run_dir) / SPEED_FILE).is_file():
+        return _squad_latency(Path(run_dir))
     path = Path(run_dir) / SPEED_FILE
     try:
         data = json.loads(path.read_text())
@@ -570,7 +584,7 @@ def run(args) -> None:
     else:
         from .profiles import resolve_profile
 
-        runs_dir = Path(args.results) / args.dataset / resolve_profile(args.profile)
+        runs_dir = Path(args.results) / args.dataset / resolve_profile(args.profile, args.dataset)
     out_dir = Path(args.out) if args.out else runs_dir
     tables = write_tables(args.dataset, runs_dir, out_dir, args.wandb, profile)
     from .plots import write_plots

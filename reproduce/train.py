@@ -4,241 +4,59 @@ Every option can be overridden on the command line (`--model.reg_lambda=2e-6`,
 `--trainer.max_epochs=3`, `--run_dir=...`), which is how W&B sweep agents drive it.
 At the end it validates and tests the final weights, exports the pruned model to
 `<run_dir>/export/` and writes `<run_dir>/result.json` (atomically, last).
-Started again on an unfinished run dir, it resumes from `<run_dir>/checkpoints/last.ckpt`.
+Started again on an unfinished run dir, it resumes exactly from the newest readable checkpoint
+(reproduce/training_run.py has what this shares with the SQuAD entry point).
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import logging
-import netrc
-import os
-import platform
-import subprocess
+import math
 import sys
 import time
 import warnings
-from pathlib import Path
 
-from lightning_modules.atomic import atomic_write_json, atomic_write_text
-from lightning_modules.checkpointing import Preempted, pick_checkpoint
+from lightning_modules.atomic import atomic_write_json
 from lightning_modules.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULT_FILE = "result.json"
-
-
-def git_commit() -> str | None:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def wandb_mode(requested: str) -> str:
-    """auto: WANDB_MODE if set, online if an API key is configured, else offline."""
-    if requested != "auto":
-        return requested
-    env = os.environ.get("WANDB_MODE")
-    if env:
-        return {"dryrun": "offline", "run": "online"}.get(env, env)
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        pass
-    return "offline"
-
-
-def hardware() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA)"
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
-
-
-def set_aside_metrics(run_dir: Path) -> None:
-    """Lightning's CSV logger deletes an existing metrics.csv when it starts; on a resume
-    keep it as metrics.part-N.csv, to be merged back by `merge_metrics_parts`."""
-    current = run_dir / "metrics.csv"
-    if current.exists():
-        n = len(list(run_dir.glob("metrics.part-*.csv")))
-        current.rename(run_dir / f"metrics.part-{n:03d}.csv")
-
-
-def merge_metrics_parts(run_dir: Path) -> None:
-    """One metrics.csv with every invocation's rows, oldest first (rows of an epoch that was
-    interrupted and redone appear twice; readers keep the last row per step)."""
-    parts = sorted(run_dir.glob("metrics.part-*.csv"))
-    if not parts:
-        return
-    rows, fields = [], []
-    for f in [*parts, run_dir / "metrics.csv"]:
-        if f.exists():
-            with open(f, newline="") as fh:
-                reader = csv.DictReader(fh)
-                fields += [k for k in reader.fieldnames or [] if k not in fields]
-                rows += list(reader)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
-    for f in parts:
-        f.unlink()
-
-
-def default_run_dir(run_dir: str | None) -> str:
-    """Under a W&B sweep agent every run needs its own dir; the agent names the run."""
-    if run_dir:
-        return run_dir
-    sweep, run = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
-    if sweep and run:
-        return f"results/sweeps/{sweep}/{run}"
-    return "results/ptb/custom/run"
-
-
-def log_result_to_wandb(trainer, result: dict, run_dir: Path) -> None:
-    """The result in the W&B run summary (what `reproduce table --wandb` reads); online, also
-    result.json and the export as an artifact."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    for logger in trainer.loggers:
-        if not isinstance(logger, WandbLogger):
-            continue
-        run = logger.experiment
-        run.summary["result"] = result
-        run.summary.update({"test_ppl": result["metrics"]["test_ppl"], "val_ppl": result["metrics"]["val_ppl"],
-                            "speedup_flops": result["speedup_flops"]})
-        if not run.offline:
-            import wandb
-
-            artifact = wandb.Artifact(f"run-{run.id}", type="model", metadata={"method": result["method"],
-                                                                             "lambda": result["lambda"]})
-            artifact.add_file(str(run_dir / RESULT_FILE))
-            artifact.add_dir(str(run_dir / result["export_path"]), name="export")
-            run.log_artifact(artifact)
-        run.finish()
+from .training_run import (
+    RESULT_FILE,
+    build_run_cli,
+    fit_resumable,
+    git_commit,
+    hardware,
+    log_result_to_wandb,
+    merge_metrics_parts,
+    quiet_known_warnings,
+    run_main,
+)
 
 
 def build_cli(args: list[str] | None):
-    from lightning.pytorch.cli import LightningCLI
-
     from lightning_modules.lm_task import LanguageModelTask
     from lightning_modules.ptb_data import PTBDataModule
 
-    class TrainCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--run_dir", type=str, default=None,
-                                help="where checkpoints, logs, export and result.json go (default: "
-                                     "results/sweeps/<sweep id>/<run id> under a W&B sweep agent, "
-                                     "else results/ptb/custom/run)")
-            parser.add_argument("--profile", type=str, default="custom",
-                                help="profile name recorded in result.json (smoke, small, paper)")
-            parser.add_argument("--wandb", type=str, default="auto",
-                                choices=["auto", "online", "offline", "disabled"],
-                                help="W&B mode; auto = online if you are logged in, else offline")
-            parser.add_argument("--wandb_project", type=str, default="neuron-selection-rnn")
-            parser.add_argument("--ckpt_path", type=str, default=None,
-                                help="checkpoint to resume from, or 'last' (default: the run "
-                                     "dir's newest readable checkpoint if there is one)")
-            parser.add_argument("--checkpoint_every_n_steps", type=int, default=500,
-                                help="also write last.ckpt every N training steps (0: only at "
-                                     "epoch ends and on SIGTERM/SIGUSR1)")
-            parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
-
-        def instantiate_trainer(self, **kwargs):
-            from lightning.pytorch.callbacks import (
-                LearningRateMonitor,
-                ModelCheckpoint,
-                TQDMProgressBar,
-            )
-            from lightning.pytorch.loggers import CSVLogger, WandbLogger
-
-            from lightning_modules.checkpointing import ResumableCheckpoints
-
-            cfg = self.config
-            cfg["run_dir"] = default_run_dir(cfg["run_dir"])
-            run_dir = Path(cfg["run_dir"])
-            loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
-            mode = wandb_mode(cfg["wandb"])
-            if mode != "disabled":
-                # a sweep agent's run id, else a stable one, so a resumed run continues its W&B run
-                run_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
-                run_id = run_id or hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
-                (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
-                full_config = {**cfg.clone().as_dict(), "git_commit": git_commit()}
-                full_config.pop("config", None)  # jsonargparse's Path objects; config_path is in result
-                loggers.append(WandbLogger(project=cfg["wandb_project"], name=str(run_dir),
-                                           save_dir=str(run_dir), id=run_id, config=full_config,
-                                           offline=(mode == "offline"), resume="allow"))
-            callbacks = [
-                # every epoch: last.ckpt plus the two newest epoch checkpoints (a fallback)
-                ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="epoch{epoch:03d}",
-                                auto_insert_metric_name=False, save_last=True,
-                                monitor="step", mode="max", save_top_k=2),
-                LearningRateMonitor(logging_interval="epoch"),
-                ResumableCheckpoints(run_dir / "checkpoints", cfg["checkpoint_every_n_steps"]),
-            ]
-            if self.config_init["trainer"].get("enable_progress_bar") is not False:
-                # in a log file (no terminal) a bar refreshed every batch floods it
-                callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 200))
-            kwargs.update(default_root_dir=str(run_dir), logger=loggers,
-                          callbacks=[*(self.config_init["trainer"].get("callbacks") or []), *callbacks])
-            return super().instantiate_trainer(**kwargs)
-
-    return TrainCLI(LanguageModelTask, PTBDataModule, run=False, args=args,
-                    seed_everything_default=1,
-                    parser_kwargs={"exit_on_error": False},
-                    save_config_kwargs={"overwrite": True},
-                    auto_configure_optimizers=False)
+    return build_run_cli(LanguageModelTask, PTBDataModule, args, "ptb",
+                         links=(("data.vocab_size", "model.vocab_size"),))
 
 
 def train(args: list[str] | None = None) -> dict:
     started = time.time()
     commit = git_commit()  # the code this invocation runs, not what HEAD is when it ends
-    # the seed goes into result.json; the INFO line would only clutter error output
-    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
-    # a deprecation inside Lightning itself, printed on every run; nothing a user can act on
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\) is deprecated")
-    # the run dir is never empty; the old metrics.csv is set aside and merged back (below)
-    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-    # a resumed run's checkpoint folder holds its earlier checkpoints, by design
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    # resuming mid-epoch is exact here (the task and the data module restore the position)
+    quiet_known_warnings()
+    # PTB resumes mid-epoch exactly (LanguageModelTask and PTBDataModule restore the position);
+    # SQuAD's shuffled loader does not, and there Lightning's warning stays
     warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
     cli = build_cli(args)
     cfg, trainer, model, data = cli.config, cli.trainer, cli.model, cli.datamodule
-    run_dir = Path(default_run_dir(cfg["run_dir"]))
-    if (run_dir / RESULT_FILE).exists():
-        raise UserError(f"{run_dir} already holds a finished run ({RESULT_FILE}); "
-                        "use another --run_dir or delete that folder to train again")
-    if cfg["checkpoint_every_n_steps"] < 0:
-        raise UserError(f"--checkpoint_every_n_steps must be >= 0, got {cfg['checkpoint_every_n_steps']}")
-    ckpt = pick_checkpoint(run_dir / "checkpoints", cfg["ckpt_path"])
-    if ckpt is not None:
-        print(f"resuming from {ckpt}", file=sys.stderr)
-        set_aside_metrics(run_dir)
-
-    try:
-        trainer.fit(model, datamodule=data, ckpt_path=ckpt)
-    except Preempted:
-        trainer.loggers[0].save()  # the metrics so far; merged with the resumed run's at its end
-        raise
+    run_dir = fit_resumable(cli)
     val = trainer.validate(model, datamodule=data, verbose=False)[0]
     test = trainer.test(model, datamodule=data, verbose=False)[0]
     trainer.loggers[0].save()  # flush the CSV before merging
     merge_metrics_parts(run_dir)
+    for name, value in (("val_ppl", val["val_ppl"]), ("test_ppl", test["test_ppl"])):
+        if not math.isfinite(float(value)):
+            raise UserError(f"training diverged: {name} is {float(value)}; no result is written. Lower model.lr "
+                            "(or the penalty) and train again in a new --run_dir")
 
     from lightning_modules.export import export_language_model
 
@@ -279,15 +97,7 @@ def train(args: list[str] | None = None) -> dict:
 
 
 def main(args: list[str] | None = None) -> int:
-    from .user_errors import report_user_errors
-
-    try:
-        return report_user_errors(lambda: train(args),
-                                  "run the same command again to resume from the last checkpoint")
-    except Preempted as stop:
-        # a clean stop, not a failure: the exit status says which signal, as a kill would
-        print(f"{stop}; run the same command to resume", file=sys.stderr)
-        return 128 + stop.signum
+    return run_main(train, args)
 
 
 if __name__ == "__main__":

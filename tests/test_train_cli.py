@@ -148,16 +148,21 @@ BAD_INPUTS = {
     "negative lambda": (lambda t, m: ["--model.reg_lambda=-1e-6"], "reg_lambda must be >= 0"),
     "unknown method": (lambda t, m: ["--model.method=lol"], "model.method"),
     "magnitude target larger than the layer": (
-        lambda t, m: ["--model.method=magnitude", "--model.reg_lambda=0", "--model.target_neurons=[40,12]"],
+        lambda t, m: ["--model.method=magnitude", "--model.reg_lambda=0", "--model.target_neurons=[100,12]"],
         "target_neurons"),
     "missing config file": (lambda t, m: ["--config", f"{t}/nope.yaml"], "does not exist"),
     "direct design from a missing result": (
         lambda t, m: ["--model.method=none", f"--model.sizes_from={t}/none.json"], "none.json not found"),
     "negative checkpoint interval": (lambda t, m: ["--checkpoint_every_n_steps=-1"], "checkpoint_every_n_steps"),
-    # an lr that explodes in epoch 1 (x1e30 from then on): the loss turns non-finite mid-run
-    "NaN loss": (lambda t, m: [*QUICK, "--model.lr_decay=1e30", "--model.lr_decay_start_epoch=1"],
+    # NaN injected from epoch 1 on (lr 1e38, near the float32 limit: the activations overflow): the loss turns NaN mid-run
+    "NaN loss": (lambda t, m: [*QUICK, "--model.method=none", "--model.reg_lambda=0", "--model.lr_decay=1e38",
+                               "--model.lr_decay_start_epoch=1"],
                  "the training loss became"),
     "a penalty that prunes a whole layer": (lambda t, m: [*QUICK, "--model.reg_lambda=1.0"], "was pruned"),
+    # finite but astronomically large weights from epoch 1 on: the loss stays finite, perplexity does not
+    "diverged training": (lambda t, m: [*QUICK, "--model.method=none", "--model.reg_lambda=0",
+                                        "--model.lr_decay=1e30", "--model.lr_decay_start_epoch=1"],
+                          "training diverged"),
 }
 
 
