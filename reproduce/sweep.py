@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
 import os
 import random
@@ -428,8 +429,6 @@ def run_sweep(path: str | Path, results: str | Path = "results", workers: int = 
 
 
 def write_sweep_tables(sweep_dir: Path) -> None:
-    import json
-
     from .plots import write_plots
     from .tables import write_tables
 

@@ -154,7 +154,7 @@ BAD_INPUTS = {
     "direct design from a missing result": (
         lambda t, m: ["--model.method=none", f"--model.sizes_from={t}/none.json"], "none.json not found"),
     "negative checkpoint interval": (lambda t, m: ["--checkpoint_every_n_steps=-1"], "checkpoint_every_n_steps"),
-    # NaN injected from epoch 1 on (lr 1e38, near the float32 limit: the activations overflow): the loss turns NaN mid-run
+    # NaN injected from epoch 1 on (lr 1e38, near the float32 limit: activations overflow, the loss is NaN)
     "NaN loss": (lambda t, m: [*QUICK, "--model.method=none", "--model.reg_lambda=0", "--model.lr_decay=1e38",
                                "--model.lr_decay_start_epoch=1"],
                  "the training loss became"),

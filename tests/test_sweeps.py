@@ -1,0 +1,351 @@
+"""Sweep files stay runnable, expand as the W&B controller does, resume, and refuse bad input early."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+
+from lightning_modules.errors import UserError
+from reproduce import sweep as sw
+
+SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
+# the real configs shrunk to a few batches (as tests/test_configs_and_profiles.py does)
+SHRINK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
+          "--trainer.limit_test_batches=2", "--trainer.accelerator=cpu", "--model.embedding_dim=8",
+          "--model.hidden_sizes=[8,8]", "--wandb=disabled"]
+SHRINK_TARGETS = ["--model.target_neurons=[4,4]", "--model.prune_begin_step=0", "--model.prune_end_step=2",
+                  "--model.prune_every=1"]
+SHRINK_SQUAD = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.accelerator=cpu",
+                "--model.word_dim=12", "--model.char_channels=6", "--model.hidden_size=8", "--wandb=disabled",
+                "--trainer.enable_progress_bar=false", "--latency_questions=5", "--data.source=local",
+                "--data.validation_file=../shared/data/squad/dev-v1.1.json.gz", "--data.dev_split_articles=2",
+                "--data.max_train_questions=60", "--data.max_eval_questions=40", "--data.max_context_tokens=120",
+                "--data.batch_size=20", "--data.glove_path=null"]
+SQUAD_DEV = REPO.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
+SMOKE_CONFIG = "reproduce/configs/ptb_smoke_l0.yaml"
+
+
+def write_sweep(tmp_path: Path, text: str, name: str = "test_sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def tiny_sweep(tmp_path: Path, lambdas: str = "[1.0e-7, 1.0e-6, 1.0e-5]") -> Path:
+    """A real training command on the smoke config, a few batches per run."""
+    fixed = "\n".join(f"  - {a}" for a in [f"--config={SMOKE_CONFIG}", "--data.train_tokens=6000",
+                                           "--trainer.max_epochs=1", "--trainer.limit_val_batches=2",
+                                           "--trainer.limit_test_batches=2", "--model.embedding_dim=8",
+                                           "--model.hidden_sizes=[8,8]"])
+    return write_sweep(tmp_path, f"""program: reproduce.train
+method: grid
+command:
+  - ${{env}}
+  - ${{interpreter}}
+  - -m
+  - ${{program}}
+{fixed}
+  - ${{args}}
+parameters:
+  model.reg_lambda:
+    values: {lambdas}
+""")
+
+
+# ---------------------------------------------------------------- every sweep file
+
+def test_there_are_sweeps_for_every_study_at_small_and_paper_scale():
+    names = {p.stem for p in SWEEP_FILES}
+    for study in ("l0", "group_lasso", "magnitude", "direct"):
+        assert f"ptb_small_{study}" in names
+        assert f"ptb_large_{study}" in names
+    for study in ("l0", "group_lasso"):
+        assert f"squad_smoke_{study}" in names
+        assert f"squad_paper_{study}" in names
+    assert "ptb_smoke_l0" in names
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_header_says_what_how_many_how_long_and_the_commands(path):
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    text = "\n".join(header)
+    sweep = sw.load_sweep(path)
+    runs = re.search(r"^# Runs: (\d+)", text, re.M)
+    assert runs and int(runs.group(1)) == len(sw.expand(sweep)), "the header's run count is stale"
+    assert re.search(r"^# Time per run: CPU .+; one GPU: .+", text, re.M)
+    assert f"# Local: python -m reproduce sweep sweeps/{path.name}" in text
+    assert "# Cluster: wandb sweep -p " in text and f"sweeps/{path.name}" in text
+    assert f"sbatch --array=0-{len(sw.expand(sweep)) - 1} sweeps/slurm/agent.sbatch" in text
+    assert sweep.config.get("name") == path.stem  # the W&B display name is the local folder's name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_every_sweep_file_validates_expands_and_its_first_run_trains(tmp_path, path):
+    sweep = sw.load_sweep(path)
+    points = sw.expand(sweep)
+    names = sw.run_names(sweep, points)
+    assert len(set(names)) == len(points) >= 4  # every study spans at least 4 settings
+    squad = sweep.config["program"] == "reproduce.train_squad"
+    if squad and not SQUAD_DEV.is_file():
+        pytest.skip(f"{SQUAD_DEV} not present")
+    shrink = SHRINK_SQUAD if squad else SHRINK
+    cmd = [*sw.build_command(sweep, points[0]), f"--run_dir={tmp_path / names[0]}", *shrink]
+    if "model.target_neurons" in points[0]:
+        cmd += SHRINK_TARGETS
+    if "model.sizes_from" in points[0]:  # another sweep's run: stand in a result of the shrunk sizes
+        source = tmp_path / "source_result.json"
+        source.write_text(json.dumps({"neurons_kept": {"input": [8, 6], "hidden": [6, 5]}}))
+        cmd.append(f"--model.sizes_from={source}")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / names[0] / "result.json").read_text())
+    # the swept value reached the model (unless the shrink above replaced it)
+    if "model.reg_lambda" in points[0]:
+        assert result["lambda"] == points[0]["model.reg_lambda"]
+    if "model.method" in points[0]:
+        assert result["method"] == points[0]["model.method"]
+    assert result["config_path"] in " ".join(cmd)
+
+
+# ---------------------------------------------------------------- expansion and commands
+
+def test_grid_expands_like_the_wandb_controller(tmp_path):
+    path = write_sweep(tmp_path, """program: reproduce.train
+method: grid
+command: ["${env}", "${interpreter}", "-m", "${program}", "--config=c.yaml", "${args}"]
+parameters:
+  model.reg_lambda: {values: [1.0e-7, 1.0e-6]}
+  data.num_steps: {min: 20, max: 21}
+  model.method: {value: l0}
+  model.dropout: {values: [0.5, 0.5, 0.0]}
+""")
+    sweep = sw.load_sweep(path)
+    points = sw.expand(sweep)
+    # names sorted; the product's last name varies fastest; a repeated value runs once; int_uniform = range
+    assert [(p["data.num_steps"], p["model.dropout"], p["model.reg_lambda"]) for p in points] == [
+        (20, 0.5, 1e-7), (20, 0.5, 1e-6), (20, 0.0, 1e-7), (20, 0.0, 1e-6),
+        (21, 0.5, 1e-7), (21, 0.5, 1e-6), (21, 0.0, 1e-7), (21, 0.0, 1e-6)]
+    assert all(p["model.method"] == "l0" for p in points)
+    cmd = sw.build_command(sweep, points[0], interpreter="python")
+    # the agent's form: /usr/bin/env python -m PROGRAM fixed args, then --name=str(value) sorted by name
+    assert cmd == ["/usr/bin/env", "python", "-m", "reproduce.train", "--config=c.yaml", "--data.num_steps=20",
+                   "--model.dropout=0.5", "--model.method=l0", "--model.reg_lambda=1e-07"]
+    names = sw.run_names(sweep, points)
+    assert names[0] == "data.num_steps=20__model.dropout=0.5__model.reg_lambda=1e-07"
+    assert sw.run_names(sweep, sw.expand(sw.load_sweep(path))) == names  # the same dirs on every invocation
+
+
+def test_list_and_path_values_give_readable_run_names(tmp_path):
+    path = write_sweep(tmp_path, """program: reproduce.train
+method: grid
+command: ["${env}", "${interpreter}", "-m", "${program}", "${args}"]
+parameters:
+  model.target_neurons: {values: [[150, 150], [75, 70]]}
+  model.sizes_from: {values: [results/sweeps/a/model.reg_lambda=1e-07/result.json,
+                              results/sweeps/a/model.reg_lambda=1e-06/result.json]}
+""")
+    sweep = sw.load_sweep(path)
+    points = sw.expand(sweep)
+    assert sw.build_command(sweep, points[0])[-1] == "--model.target_neurons=[150, 150]"
+    assert sw.run_names(sweep, points)[0] == ("model.sizes_from=model.reg_lambda=1e-07__"
+                                              "model.target_neurons=150,150")
+
+
+def test_random_draws_are_seeded_within_bounds_and_capped(tmp_path):
+    path = write_sweep(tmp_path, """program: reproduce.train
+method: random
+run_cap: 6
+command: ["${env}", "${interpreter}", "-m", "${program}", "${args}"]
+parameters:
+  model.reg_lambda: {distribution: log_uniform_values, min: 1.0e-8, max: 1.0e-6}
+  model.dropout: {values: [0.0, 0.5]}
+  data.num_steps: {min: 10, max: 12}
+""")
+    sweep = sw.load_sweep(path)
+    points = sw.expand(sweep, seed=3)
+    assert len(points) == 6 and points == sw.expand(sweep, seed=3)
+    assert points != sw.expand(sweep, seed=4)
+    assert all(1e-8 <= p["model.reg_lambda"] <= 1e-6 for p in points)
+    assert all(p["data.num_steps"] in (10, 11, 12) and p["model.dropout"] in (0.0, 0.5) for p in points)
+    assert len(sw.expand(sweep, run_cap=2)) == 2
+    assert sw.run_names(sweep, points)[0].startswith("000_")
+
+
+# ---------------------------------------------------------------- bad input: one line, before any run
+
+BAD = {
+    "malformed YAML": ("method: grid\nparameters: [unclosed\n", r"malformed YAML at line \d+"),
+    "not a mapping": ("- a\n- b\n", "a sweep file is a mapping"),
+    "unknown top-level key": ("method: grid\nparamters: {}\n", "unknown key 'paramters'"),
+    "bayes": ("method: bayes\nparameters: {a: {values: [1]}}\n", "method bayes needs the W&B server"),
+    "grid over a continuous range": (
+        "method: grid\ncommand: ['${args}']\nparameters:\n  model.reg_lambda: "
+        "{distribution: log_uniform_values, min: 1.0e-8, max: 1.0e-6}\n",
+        "parameter model.reg_lambda: grid needs a finite list, not a continuous log_uniform_values range"),
+    "bad method": ("method: grid\ncommand: ['${args}']\nparameters:\n  model.method: {values: [l0, lol]}\n",
+                   "parameter model.method: unknown method 'lol'"),
+    "number written as text": (
+        "method: random\nrun_cap: 2\ncommand: ['${args}']\nparameters:\n  model.reg_lambda: "
+        "{distribution: log_uniform_values, min: 1e-8, max: 1.0e-6}\n", r"write 1\.0e-8"),
+    "no ${args}": ("method: grid\ncommand: [python, train.py]\nparameters: {a: {values: [1]}}\n",
+                   r"must contain \$\{args\} once"),
+    "random without run_cap": ("method: random\ncommand: ['${args}']\nparameters: {a: {values: [1]}}\n",
+                               "method random needs run_cap"),
+    "unknown distribution key": ("method: grid\ncommand: ['${args}']\nparameters: {a: {values: [1], q: 2}}\n",
+                                 "distribution categorical does not take q"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_sweep_files_are_one_clear_error(tmp_path, case):
+    text, message = BAD[case]
+    path = write_sweep(tmp_path, text)
+    with pytest.raises(UserError, match=message) as info:
+        sw.expand(sw.load_sweep(path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_cli_rejects_unknown_parameter_and_malformed_file_before_any_run(tmp_path):
+    bad_key = tiny_sweep(tmp_path).read_text().replace("model.reg_lambda:", "model.regg_lambda:")
+    path = write_sweep(tmp_path, bad_key, "bad_key.yaml")
+    proc = run_cli("reproduce", "sweep", str(path), "--results", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1 and "Traceback" not in proc.stderr
+    assert str(path) in err_lines[0] and "model.regg_lambda" in err_lines[0]
+    assert not list((tmp_path / "out").glob("sweeps/bad_key/*"))  # nothing started
+
+    broken = write_sweep(tmp_path, "method: grid\nparameters: {a: [1, 2\n", "broken.yaml")
+    proc = run_cli("reproduce", "sweep", str(broken), "--results", str(tmp_path / "out"))
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(f"error: {broken}: malformed YAML")
+
+
+def test_direct_design_without_its_l0_runs_says_which_sweep_to_run_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the sweep file's paths are repo-relative
+    sweep = sw.load_sweep("sweeps/ptb_large_direct.yaml")
+    jobs = sw.sweep_jobs(sweep, sw.expand(sweep), tmp_path)
+    if all(need.exists() for job in jobs for need in job.waits_for):
+        pytest.skip("the large L0 sweep has been run in this checkout")
+    with pytest.raises(UserError, match=r"does not exist yet; run sweeps/ptb_large_l0\.yaml first"):
+        sw.check_inputs_exist(sweep, jobs)
+
+
+# ---------------------------------------------------------------- interruption and resume
+
+def _started(stderr: str) -> list[str]:
+    return re.findall(r"\] (\S+): started", stderr)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_reinvoked_runs_exactly_the_remaining_runs(tmp_path):
+    path = tiny_sweep(tmp_path)
+    out = tmp_path / "out"
+    sweep_dir = out / "sweeps" / path.stem
+    names = sw.run_names(sw.load_sweep(path), sw.expand(sw.load_sweep(path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "reproduce", "sweep", str(path), "--results", str(out), "--no-tables"]
+    # Ctrl-C (SIGINT to the whole process group) as soon as the first run has finished; SIGINT's default
+    # handling is restored in the child, since a pytest started in the background passes it on ignored
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 300
+    while not (sweep_dir / names[0] / "result.json").exists():
+        assert first.poll() is None and time.time() < deadline, first.stderr.read()[-3000:]
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGINT)
+    _, err1 = first.communicate(timeout=120)
+    assert first.returncode == 130, err1[-3000:]
+    assert "interrupted" in err1
+    assert not (sweep_dir / names[1] / "result.json").exists()
+    first_result = (sweep_dir / names[0] / "result.json").stat().st_mtime_ns
+
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "1 finished, 2 left" in second.stderr
+    assert _started(second.stderr) == names[1:]  # exactly the two that had not finished
+    assert (sweep_dir / names[0] / "result.json").stat().st_mtime_ns == first_result
+    assert all((sweep_dir / n / "result.json").exists() for n in names)
+
+    third = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0 and _started(third.stderr) == [] and "3 finished, 0 left" in third.stderr
+
+
+def test_count_runs_only_that_many_and_the_rest_next_time(tmp_path, monkeypatch):
+    """--count N (as `wandb agent --count`), with the run queue replaced by one that only records."""
+    path = tiny_sweep(tmp_path)
+    started = []
+
+    def fake_run_jobs(jobs, workers, label):
+        todo = [j for j in jobs if not j.finished]
+        for job in todo:
+            started.append(job.name)
+            job.run_dir.mkdir(parents=True)
+            (job.run_dir / "result.json").write_text("{}")
+        return todo
+
+    monkeypatch.setattr(sw, "run_jobs", fake_run_jobs)
+    monkeypatch.setattr(sw, "check_with_training_command", lambda sweep, job: None)
+    names = sw.run_names(sw.load_sweep(path), sw.expand(sw.load_sweep(path)))
+    done = sw.run_sweep(path, tmp_path / "out", count=1, analyse=False)
+    assert [j.name for j in done] == started == names[:1]
+    done = sw.run_sweep(path, tmp_path / "out", analyse=False)
+    assert [j.name for j in done] == names[1:] and started == names
+
+
+def test_failed_runs_still_get_the_table_of_the_others_then_the_error(tmp_path, monkeypatch):
+    path = tiny_sweep(tmp_path)
+    names = sw.run_names(sw.load_sweep(path), sw.expand(sw.load_sweep(path)))
+    tables = []
+
+    def one_fails(jobs, workers, label):
+        jobs[0].run_dir.mkdir(parents=True)
+        (jobs[0].run_dir / "result.json").write_text("{}")
+        raise UserError(f"{label}: 1 run(s) failed ({jobs[1].name})")
+
+    monkeypatch.setattr(sw, "run_jobs", one_fails)
+    monkeypatch.setattr(sw, "check_with_training_command", lambda sweep, job: None)
+    monkeypatch.setattr(sw, "write_sweep_tables", tables.append)
+    with pytest.raises(UserError, match=re.escape(f"1 run(s) failed ({names[1]})")):
+        sw.run_sweep(path, tmp_path / "out")
+    assert tables == [tmp_path / "out" / "sweeps" / path.stem]
+
+
+@pytest.mark.slow
+def test_kill_stops_the_runs_like_ctrl_c(tmp_path):
+    """SIGTERM to the runner alone (`kill PID`) must not leave its training processes running on."""
+    path = tiny_sweep(tmp_path, "[1.0e-7]")
+    log = tmp_path / "out" / "sweeps" / path.stem / "model.reg_lambda=1e-07.log"
+    cmd = [sys.executable, "-m", "reproduce", "sweep", str(path), "--results", str(tmp_path / "out"), "--no-tables"]
+    runner = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not log.exists():  # the run has started
+        assert runner.poll() is None and time.time() < deadline, runner.stderr.read()[-3000:]
+        time.sleep(0.2)
+    runner.terminate()
+    _, err = runner.communicate(timeout=120)
+    assert runner.returncode == 130 and "interrupted" in err, err[-3000:]
+    run_dir = str(log.with_suffix(""))
+    assert not _processes_mentioning(run_dir), "the training process outlived its runner"
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains text (read from /proc, nothing is signalled)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
