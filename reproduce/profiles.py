@@ -48,7 +48,7 @@ def _squad(scale: str, minutes: float, methods: list[str]) -> list[PlannedRun]:
 
 PROFILES: dict[str, dict[str, Profile]] = {
     "ptb": {
-        # every method on a 2x64 LSTM and 150k training tokens: a < 5 min pipeline check
+        # every method on a 2x64 LSTM and 100k training tokens: a < 5 min pipeline check
         "smoke": Profile(_ptb("smoke", 1.5, ["l0", "dense", "group_lasso", "lasso", "magnitude", "direct"]),
                          workers=2, about="pipeline check, not the paper's numbers",
                          speed_args=("--quick", "--backends", "torch")),  # ONNX export is in the tests

@@ -10,10 +10,12 @@ Started again on an unfinished run dir, it resumes exactly from the newest reada
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
 import warnings
+from pathlib import Path
 
 from lightning_modules.atomic import atomic_write_json
 from lightning_modules.errors import UserError
@@ -63,8 +65,12 @@ def train(args: list[str] | None = None) -> dict:
     export_dir = run_dir / "export"
     size = model.size_report()
     hp = model.hparams
-    export_language_model(model.model.cpu(), data.vocab, export_dir,
-                          extra={"method": hp.method, "reg_lambda": hp.reg_lambda})
+    extra = {"method": hp.method, "reg_lambda": hp.reg_lambda}
+    # direct design: the dense model it stands in for is the source run's original (for `speed`)
+    total = json.loads(Path(hp.sizes_from).read_text()).get("neurons_total") if hp.sizes_from else None
+    if total:
+        extra["original_sizes"] = {"embedding_dim": total["input"][0], "hidden_sizes": total["hidden"]}
+    export_language_model(model.model.cpu(), data.vocab, export_dir, extra=extra)
     config_files = [str(c) for c in (cfg.get("config") or [])]
     result = {
         "method": hp.method,
