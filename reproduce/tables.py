@@ -22,6 +22,7 @@ from pathlib import Path
 from lightning_modules.errors import UserError
 
 METRICS = {"ptb": ("val_ppl", "test_ppl"), "squad": ("em", "f1")}
+BIDAF_PAPER_HIDDEN = 100  # Seo et al.; the registry's SQuAD entries are all at this scale ("model: paper")
 METRIC_NAMES = {"val_ppl": "val ppl", "test_ppl": "test ppl", "em": "EM", "f1": "F1"}
 SCALES = {200: "small", 650: "medium", 1500: "large"}  # Zaremba's hidden sizes name the registry's models
 METHOD_ORDER = ("none", "l0", "group_lasso", "lasso", "magnitude", "direct")
@@ -206,7 +207,10 @@ def original_hidden(result: dict) -> list | None:
 def scale_and_section(dataset: str, result: dict) -> tuple[str | None, str, int]:
     """(registry model name or None, section title, sort key) of a run."""
     if dataset == "squad":
-        return None, "BiDAF", 0
+        hidden = original_hidden(result) or []
+        if hidden and max(hidden) == BIDAF_PAPER_HIDDEN:
+            return "paper", f"BiDAF (hidden {BIDAF_PAPER_HIDDEN}, paper scale)", 0
+        return None, f"BiDAF (hidden {max(hidden) if hidden else '?'})", 1
     hidden = original_hidden(result)
     if not hidden:
         return None, "model size not recorded", 10**9
@@ -288,12 +292,17 @@ def summarize(dataset: str, runs: list[Run]) -> dict:
         "hidden_kept": _per_layer([_neurons(run.result, "neurons_kept", "hidden") for run in runs]),
         "input_kept": _per_layer([_neurons(run.result, "neurons_kept", "input") for run in runs]),
         "params": stat([(run.result.get("params") or {}).get("after") for run in runs]),
-        "flops_per_token": stat([(run.result.get("flops_per_token") or {}).get("after") for run in runs]),
+        # SQuAD runs count FLOPs per question (the table's header says which)
+        "flops_per_token": stat([(run.result.get("flops_per_token") or run.result.get("flops_per_question")
+                                  or {}).get("after") for run in runs]),
         "speedup_flops": stat([run.result.get("speedup_flops") for run in runs]),
         "speedup_b1": stat([(s or {}).get("b1") for s, _ in speeds]),
         "speedup_b20": stat([(s or {}).get("b20") for s, _ in speeds]),
         "latency_b1_ms": stat([(s or {}).get("latency_b1_ms") for s, _ in speeds]),
         "speed_note": next((note for _, note in speeds if note), None),
+        # e.g. a SQuAD smoke run that trained on dev articles: said loudly above the table
+        "eval_note": next(((run.result.get("evaluation") or {}).get("note") for run in runs
+                           if (run.result.get("evaluation") or {}).get("train_on_dev")), None),
         "reported": [],
     }
     for metric in METRICS[dataset]:
@@ -356,7 +365,7 @@ def fmt_speed(row: dict) -> str:
     b1, b20 = row["speedup_b1"], row["speedup_b20"]
     if b1.mean is None and b20.mean is None:
         return NOT_MEASURED
-    return f"{fmt_stat(b1, '.2f', 'x') or '?'} / {fmt_stat(b20, '.2f', 'x') or '?'}"
+    return f"{fmt_stat(b1, '.2f', 'x') or '–'} / {fmt_stat(b20, '.2f', 'x') or '–'}"
 
 
 def _csv_list(value) -> str:
@@ -368,7 +377,7 @@ def _csv_list(value) -> str:
 def reported_section(dataset: str, entry: dict) -> tuple[str, int]:
     """Section title and sort key of a reported entry that no run matched (same titles as the runs')."""
     if dataset == "squad":
-        return "BiDAF", 0
+        return f"BiDAF (hidden {BIDAF_PAPER_HIDDEN}, paper scale)", 0
     model = entry.get("model")
     hidden = next((h for h, name in SCALES.items() if name == model), None)
     return (f"{model} (2x{hidden})", hidden) if hidden else (str(model), 10**9)
@@ -378,7 +387,8 @@ def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources
                     origin: str) -> str:
     m1, m2 = METRICS[dataset]
     n1, n2 = METRIC_NAMES[m1], METRIC_NAMES[m2]
-    header = (f"| row | method | λ / target | seeds | hidden kept | input kept | params | FLOPs/token | {n1} | {n2} "
+    flops = "FLOPs/question" if dataset == "squad" else "FLOPs/token"
+    header = (f"| row | method | λ / target | seeds | hidden kept | input kept | params | {flops} | {n1} | {n2} "
               f"| Δ {n1} | Δ {n2} | speedup b1 / b20 |")
     sections: dict[str, tuple[int, list]] = {}  # title -> (sort key, [row dicts and unmatched entries])
     for row in rows:
@@ -427,6 +437,8 @@ def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources
            "cell is a number no source gave (never 0). Speedup: dense time / pruned time per step, whole model, "
            "PyTorch, batch 1 / batch 20, measured by `python -m reproduce speed`. table.csv holds every field "
            "(one line per row and counterpart).", ""]
+    for eval_note in dict.fromkeys(row["eval_note"] for row in rows if row.get("eval_note")):
+        out += [f"**NOTE: {eval_note}.**", ""]
     for title, (_, items) in sorted(sections.items(), key=lambda kv: (kv[1][0], kv[0])):
         out += [f"## {title}", "", header, "|---" * 13 + "|"]
         for item in items:

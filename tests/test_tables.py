@@ -235,9 +235,15 @@ def test_squad_rows_show_em_and_f1_against_bidaf(tmp_path):
     write_run(tmp_path, "ptb_run", result("none", [200, 200], [200, 200], 117.0, 112.26))  # another dataset
     out = write_tables("squad", tmp_path)
     md = out["markdown"].read_text()
-    assert "| row | method | λ / target | seeds | hidden kept | input kept | params | FLOPs/token | EM | F1 |" in md
+    assert "| row | method | λ / target | seeds | hidden kept | input kept | params | FLOPs/question | EM | F1 |" in md
     seo = cells(md_lines(md), "↳ reported `bidaf_seo2017`")
     assert (seo["val"], seo["test"], seo["d_val"], seo["d_test"]) == ("67.70", "77.30", "-1.20", "-0.50")
     assert [row["runs"] for row in out["rows"]] == [["bidaf_dense"]]
+    # a smaller BiDAF (the smoke profile's hidden 32) is no counterpart of the paper-scale numbers
+    small = result("none", [32], [32], 0, 0, dataset="squad")
+    small["metrics"] = {"em": 3.0, "f1": 8.7}
+    write_run(tmp_path / "smoke", "bidaf_smoke", small)
+    smoke_md = write_tables("squad", tmp_path / "smoke")["markdown"].read_text()
+    assert "| not yet run: reported `bidaf_seo2017`" in smoke_md and "| ↳ reported" not in smoke_md
     (line,) = [r for r in csv.DictReader(out["csv"].open()) if r["reported_id"] == "bidaf_seo2017"]
     assert float(line["diff_f1"]) == pytest.approx(-0.5) and line["em_mean"] == "66.5"
