@@ -31,10 +31,10 @@ test: | $(PY)  ## all tests, the end-to-end ones included (about 2 min on 2 core
 test-fast: | $(PY)  ## unit tests only (skips the end-to-end runs marked slow)
 	$(TEST_ENV) $(PY) -m pytest -m "not slow"
 
-reproduce-ptb: | $(PY)  ## PTB runs of a profile: PROFILE=smoke|smoke-baselines|small|paper (default: paper on GPU, else small)
+reproduce-ptb: | $(PY)  ## PTB runs of a profile, then speed, tables, plots: PROFILE=smoke|small|paper (default: paper on GPU, else small)
 	$(PY) -m reproduce profile ptb --profile $(PROFILE)
 
-reproduce-squad: | $(PY)  ## SQuAD runs of a profile: PROFILE=smoke|paper, then speed, tables, plots
+reproduce-squad: | $(PY)  ## SQuAD runs of a profile: PROFILE=smoke|paper (default: paper on GPU, else smoke), then tables, plots
 	$(PY) -m reproduce profile squad --profile $(PROFILE)
 
 tables: | $(PY)  ## rebuild the PTB tables and plots of a profile from its run dirs: PROFILE=smoke|small|paper

@@ -36,7 +36,7 @@ class Preempted(Exception):
 
 def atomic_save_checkpoint(trainer: L.Trainer, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(str(tmp))
+    trainer.save_checkpoint(str(tmp), weights_only=False)  # the full state: a resume needs all of it
     os.replace(tmp, path)
 
 

@@ -31,7 +31,8 @@ def test_every_profile_config_exists():
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_runs_shrunk(tmp_path, config):
-    header = config.read_text().splitlines()[:6]
+    lines = config.read_text().splitlines()
+    header = lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]  # the leading comments
     assert any(line.startswith("# Command: python -m reproduce.train") for line in header)
     extra = []
     if "sizes_from:" in config.read_text():  # direct design reads another run's sizes

@@ -268,6 +268,15 @@ def test_interrupted_sweep_reinvoked_runs_exactly_the_remaining_runs(tmp_path):
     assert "interrupted" in err1
     assert not (sweep_dir / names[1] / "result.json").exists()
     first_result = (sweep_dir / names[0] / "result.json").stat().st_mtime_ns
+    # after the crash, the sweep's table holds the finished run and none of the unfinished ones
+    from reproduce.tables import write_tables
+
+    table = write_tables("ptb", sweep_dir)
+    assert [row["runs"] for row in table["rows"]] == [[names[0]]]
+    rows_text = "".join(line for line in table["markdown"].read_text().splitlines() if line.startswith("| r"))
+    assert names[1] not in rows_text
+    if (sweep_dir / names[1]).is_dir():  # it had started: listed as unfinished
+        assert names[1] in table["unfinished"]
 
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
