@@ -48,8 +48,9 @@ def test_fit_writes_result_export_and_logs(finished_run):
                 "size/flops_per_token", "test_ppl"):
         assert key in logged, key
     history = [json.loads(line) for line in (run_dir / "gate_history.jsonl").read_text().splitlines()]
-    # every 10 steps; an epoch is 30 steps, and its end is not recorded twice
-    assert [(h["epoch"], h["step"]) for h in history] == [(0, 10), (0, 20), (0, 30), (1, 40), (1, 50), (1, 60)]
+    # every 10 steps and at each epoch's end (an epoch is 29 windows of 20 x 20 tokens)
+    assert [(h["epoch"], h["step"]) for h in history] == [(0, 10), (0, 20), (0, 29), (1, 30), (1, 40), (1, 50),
+                                                          (1, 58)]
     assert [len(p) for p in history[-1]["hidden"]] == [24, 20]
     assert all(0 <= p <= 1 for layer in history[-1]["input"] for p in layer)
 
