@@ -202,7 +202,7 @@ def quiet_known_warnings() -> None:
     # the seed goes into result.json; the INFO line would only clutter error output
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     # a deprecation inside Lightning itself
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\) is deprecated")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).? is deprecated")  # `...` quoted
     # the run dir is never empty; the old metrics.csv is set aside and merged back
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     # a resumed run's checkpoint folder holds its earlier checkpoints, by design
