@@ -8,16 +8,12 @@ lstm.{k}.bias_hh (gate order i, f, g, o), decoder.weight, decoder.bias.
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_replace_dir, atomic_write_json
 from .errors import UserError
+from .export_folder import read_export_folder, write_export_folder
 from .language_model import LSTMLanguageModel, model_size
 from .structured_sparsity import zero_groups
 
@@ -121,30 +117,13 @@ def export_language_model(model: LSTMLanguageModel, vocab: list[str], out_dir: s
     config.update(model_size(config["vocab_size"], config["embedding_dim"], config["hidden_sizes"]))
     config.update(extra or {})
     config["vocab"] = list(vocab)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-    atomic_write_json(tmp / "config.json", config)
-    atomic_replace_dir(tmp, out_dir)
+    write_export_folder(out_dir, tensors, config, FORMAT)
     return config
 
 
 def load_exported_language_model(path: str | Path) -> tuple[LSTMLanguageModel, dict]:
     """Build a plain (ungated) PyTorch model from an export folder."""
-    path = Path(path)
-    cfg_file, weights = path / "config.json", path / "model.safetensors"
-    for f in (cfg_file, weights):
-        if not f.is_file():
-            raise UserError(f"{f} not found: is {path} an exported model folder?")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{cfg_file} is not valid JSON ({e}); re-export the model") from None
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{weights} cannot be read ({e}); re-export the model") from None
+    tensors, config, cfg_file, weights = read_export_folder(path, "model")
     if len(config.get("vocab", [])) != config["vocab_size"]:
         raise UserError(f"{cfg_file}: vocab has {len(config.get('vocab', []))} tokens, "
                         f"vocab_size says {config['vocab_size']}")

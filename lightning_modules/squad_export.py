@@ -15,19 +15,15 @@ plain nn.Embedding, nn.Conv1d, nn.Linear and one nn.LSTM per direction (gate ord
 
 from __future__ import annotations
 
-import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_replace_dir, atomic_write_json
 from .bidaf import LSTM_NAMES, BiDAF, bidaf_size
 from .errors import UserError
+from .export_folder import read_export_folder, write_export_folder
 from .structured_sparsity import unit_zero_groups
 
 FORMAT = "neuron-selection-bidaf/1"
@@ -136,29 +132,13 @@ def export_bidaf(model: BiDAF, word_vocab: list[str], char_vocab: list[str], out
         "word_vocab": list(word_vocab),
         "char_vocab": list(char_vocab),
     }
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-    atomic_write_json(tmp / "config.json", config)
-    atomic_replace_dir(tmp, out_dir)
+    write_export_folder(out_dir, tensors, config, FORMAT)
     return config
 
 
 def load_exported_bidaf(path: str | Path) -> tuple[BiDAF, dict]:
     """A plain (ungated) BiDAF in eval mode from an export folder, and its config."""
-    path = Path(path)
-    cfg_file, weights = path / "config.json", path / "model.safetensors"
-    for f in (cfg_file, weights):
-        if not f.is_file():
-            raise UserError(f"{f} not found: is {path} an exported BiDAF folder?")
-    try:
-        config = json.loads(cfg_file.read_text())
-        tensors = load_file(str(weights))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{cfg_file} is not valid JSON ({e}); re-export the model") from None
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{weights} cannot be read ({e}); re-export the model") from None
+    tensors, config, cfg_file, weights = read_export_folder(path, "BiDAF")
     if config.get("format") != FORMAT:
         raise UserError(f"{cfg_file}: format {config.get('format')!r} is not {FORMAT!r}")
     model = BiDAF(len(config["word_vocab"]), len(config["char_vocab"]), word_dim=config["word_dim"],
