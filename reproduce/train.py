@@ -29,6 +29,7 @@ from .training_run import (
     log_result_to_wandb,
     merge_metrics_parts,
     quiet_known_warnings,
+    result_header,
     run_main,
 )
 
@@ -71,18 +72,8 @@ def train(args: list[str] | None = None) -> dict:
     if total:
         extra["original_sizes"] = {"embedding_dim": total["input"][0], "hidden_sizes": total["hidden"]}
     export_language_model(model.model.cpu(), data.vocab, export_dir, extra=extra)
-    config_files = [str(c) for c in (cfg.get("config") or [])]
     result = {
-        "method": hp.method,
-        "lambda": hp.reg_lambda,
-        "l0_penalty": hp.l0_penalty if hp.method == "l0" else None,
-        "model_hparams": dict(hp),
-        "seed": cfg["seed_everything"],
-        "dataset": "ptb",
-        "profile": cfg["profile"],
-        "git_commit": commit,
-        "config_path": config_files[0] if len(config_files) == 1 else config_files,
-        "command": " ".join(["python -m reproduce.train", *(args if args is not None else sys.argv[1:])]),
+        **result_header(cfg, hp, commit, "ptb", "reproduce.train", args),
         "metrics": {"val_ppl": float(val["val_ppl"]), "test_ppl": float(test["test_ppl"])},
         "epochs": trainer.current_epoch,
         "train_tokens": int(data.token_ids("train").numel()),

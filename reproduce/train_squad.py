@@ -31,6 +31,7 @@ from .training_run import (
     log_result_to_wandb,
     merge_metrics_parts,
     quiet_known_warnings,
+    result_header,
     run_main,
 )
 
@@ -98,18 +99,8 @@ def train(args: list[str] | None = None) -> dict:
     export_bidaf(model.eval_model.cpu(), data.word_vocab, data.char_vocab, run_dir / "export",
                  extra={"method": hp.method, "reg_lambda": hp.reg_lambda, **tokenisation})
     latency = measure_latency(model, data, run_dir / "export", cfg["latency_questions"])
-    config_files = [str(c) for c in (cfg.get("config") or [])]
     result = {
-        "method": hp.method,
-        "lambda": hp.reg_lambda,
-        "l0_penalty": hp.l0_penalty if hp.method == "l0" else None,
-        "model_hparams": dict(hp),
-        "seed": cfg["seed_everything"],
-        "dataset": "squad",
-        "profile": cfg["profile"],
-        "git_commit": commit,
-        "config_path": config_files[0] if len(config_files) == 1 else config_files,
-        "command": " ".join(["python -m reproduce.train_squad", *(args if args is not None else sys.argv[1:])]),
+        **result_header(cfg, hp, commit, "squad", "reproduce.train_squad", args),
         "metrics": {"em": float(scores["em"]), "f1": float(scores["f1"])},
         "evaluation": {
             "source": dhp.source,

@@ -197,6 +197,23 @@ def build_run_cli(task_cls, data_cls, args: list[str] | None, dataset: str,
                   auto_configure_optimizers=False)
 
 
+def result_header(cfg, hparams, commit: str | None, dataset: str, entry_point: str, args: list[str] | None) -> dict:
+    """The fields every result.json starts with: what was trained, from which code and command."""
+    config_files = [str(c) for c in (cfg.get("config") or [])]
+    return {
+        "method": hparams.method,
+        "lambda": hparams.reg_lambda,
+        "l0_penalty": hparams.l0_penalty if hparams.method == "l0" else None,
+        "model_hparams": dict(hparams),
+        "seed": cfg["seed_everything"],
+        "dataset": dataset,
+        "profile": cfg["profile"],
+        "git_commit": commit,
+        "config_path": config_files[0] if len(config_files) == 1 else config_files,
+        "command": " ".join([f"python -m {entry_point}", *(args if args is not None else sys.argv[1:])]),
+    }
+
+
 def quiet_known_warnings() -> None:
     """Messages printed on every run that a user cannot act on."""
     # the seed goes into result.json; the INFO line would only clutter error output
