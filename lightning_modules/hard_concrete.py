@@ -53,11 +53,14 @@ class HardConcreteGate(nn.Module):
     def _stretch_and_clamp(self, s: torch.Tensor) -> torch.Tensor:
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
 
-    def sample(self) -> torch.Tensor:
-        """One stochastic gate vector (reparameterised, differentiable in log_alpha)."""
+    def sample(self, u: torch.Tensor | None = None) -> torch.Tensor:
+        """One stochastic gate vector (reparameterised, differentiable in log_alpha).
+
+        `u` is the uniform noise, drawn here unless given (tests pass it to compare devices)."""
         # Keep u away from 0 and 1 so that log(u) - log(1-u) stays finite.
         eps = 1e-6
-        u = torch.rand_like(self.log_alpha).clamp(eps, 1.0 - eps)
+        u = torch.rand_like(self.log_alpha) if u is None else u.to(self.log_alpha)
+        u = u.clamp(eps, 1.0 - eps)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.beta)
         return self._stretch_and_clamp(s)
 

@@ -45,7 +45,7 @@ def test_fit_writes_result_export_and_logs(finished_run):
         rows = list(csv.DictReader(f))
     logged = {k for row in rows for k, v in row.items() if v}
     for key in ("val_ppl", "kept/hidden_0", "kept/input_1", "size/expected_l0", "size/params",
-                "size/flops_per_token", "test_ppl"):
+                "size/flops_per_token", "time/train_s", "test_ppl"):
         assert key in logged, key
     history = [json.loads(line) for line in (run_dir / "gate_history.jsonl").read_text().splitlines()]
     # every 10 steps and at each epoch's end (an epoch is 29 windows of 20 x 20 tokens)
