@@ -73,3 +73,15 @@ def test_configurable_parameters_and_init():
     assert abs(g.log_alpha.std().item() - 0.5) < 0.05
     expected = torch.sigmoid(g.log_alpha - 0.5 * math.log(0.2 / 1.2))
     assert torch.allclose(g.prob_nonzero(), expected)
+
+
+def test_given_noise_reproduces_the_drawn_sample():
+    gate = HardConcreteGate(64)
+    torch.manual_seed(7)
+    drawn = gate.sample()
+    torch.manual_seed(7)
+    u = torch.rand(64)
+    assert torch.equal(gate.sample(u=u), drawn)  # the same draw, passed in
+    # and it is the stretched, clamped concrete sample of that noise
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + gate.log_alpha) / gate.beta)
+    assert torch.allclose(gate.sample(u=u), (s * (gate.zeta - gate.gamma) + gate.gamma).clamp(0, 1))
