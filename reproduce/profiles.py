@@ -27,6 +27,7 @@ class PlannedRun:
     cpu_minutes: float  # expected on this project's 2-core reference machine, for the ETA
     sizes_from: str | None = None  # direct design: the run of this profile whose kept sizes it trains
     module: str = "reproduce.train"  # the training entry point (SQuAD: reproduce.train_squad)
+    args: tuple[str, ...] = ()  # overrides of the config (a second lambda of the same config)
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,11 @@ PROFILES: dict[str, dict[str, Profile]] = {
         "smoke": Profile(_ptb("smoke", 1.5, ["l0", "dense", "group_lasso", "lasso", "magnitude", "direct"]),
                          workers=2, about="pipeline check, not the paper's numbers",
                          speed_args=("--quick", "--backends", "torch")),  # ONNX export is in the tests
-        "small": Profile(_ptb("small", 80, ["dense", "l0", "group_lasso", "magnitude", "direct"]), workers=2,
-                         about="Zaremba small (2x200) on full PTB: the CPU-sized comparison"),
+        "small": Profile([*_ptb("small", 80, ["dense", "l0", "group_lasso", "magnitude", "direct"]),
+                          # L0 at about ISS's size, and ISS's sizes trained densely from scratch
+                          PlannedRun("l0_lambda2e-8", "ptb_small_l0.yaml", 80, args=("--model.reg_lambda=2e-8",)),
+                          PlannedRun("direct_iss_sizes", "ptb_small_direct.yaml", 80, sizes_from="group_lasso")],
+                         workers=2, about="Zaremba small (2x200) on full PTB: the CPU-sized comparison"),
         "paper": Profile([PlannedRun("medium_dense", "ptb_medium_dense.yaml", 39 * 12),
                           PlannedRun("medium_l0", "ptb_medium_l0.yaml", 39 * 13),
                           PlannedRun("large_dense", "ptb_large_dense.yaml", 55 * 50),
@@ -103,7 +107,7 @@ def profile_jobs(dataset: str, profile: str, out_root: Path, extra_args: list[st
         # recorded in result.json: keep it repo-relative when run from the repo root
         rel = os.path.relpath(config)
         cmd = [sys.executable, "-m", run.module, "--config", str(config) if rel.startswith("..") else rel,
-               "--run_dir", str(out_root / run.name), "--profile", profile]
+               "--run_dir", str(out_root / run.name), "--profile", profile, *run.args]
         waits = []
         if run.sizes_from:
             source = out_root / run.sizes_from / RESULT_FILE

@@ -87,6 +87,14 @@ def test_profile_runs_only_unfinished_and_direct_design_after_its_source(tmp_pat
     assert started.index("direct") > started.index("l0")
 
 
+def test_small_profile_matches_l0_to_iss_both_ways():
+    root = Path("results/ptb/small")
+    jobs = {j.name: j for j in profiles.profile_jobs("ptb", "small", root)}
+    assert jobs["l0_lambda2e-8"].cmd[-1] == "--model.reg_lambda=2e-8"  # the override comes last: it wins
+    assert jobs["direct_iss_sizes"].waits_for == [root / "group_lasso" / "result.json"]
+    assert f"--model.sizes_from={root / 'group_lasso' / 'result.json'}" in jobs["direct_iss_sizes"].cmd
+
+
 def test_auto_profile_without_gpu_says_so_and_runs_small(monkeypatch, capsys):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert profiles.resolve_profile("auto") == "small"
