@@ -252,7 +252,8 @@ class LanguageModelTask(L.LightningModule):
             "size/params": float(report["params"]["after"]),
             "size/flops_per_token": float(report["flops_per_token"]["after"]),
             "lr": self.optimizers().param_groups[0]["lr"],
-            # training time so far (resumes included, validation excluded): the per-epoch cost
+            # time spent in training epochs so far, their validation included (Lightning validates
+            # before the epoch ends) and earlier invocations of a resumed run too
             "time/train_s": self.train_wall_time_s,
         }
         for kind in ("input", "hidden"):
