@@ -15,6 +15,7 @@ import torch
 from .errors import UserError
 from .export_folder import read_export_folder, write_export_folder
 from .language_model import LSTMLanguageModel, model_size
+from .run_dir import finished_export
 from .structured_sparsity import zero_groups
 
 FORMAT = "neuron-selection-lstm-lm/1"
@@ -37,8 +38,7 @@ def neuron_scales(model: LSTMLanguageModel) -> tuple[list[torch.Tensor], list[to
     """
     rnn = model.rnn
     if rnn.gated:
-        return ([g.deterministic() for g in rnn.input_gates],
-                [g.deterministic() for g in rnn.hidden_gates])
+        return rnn.deterministic_gates()
     z_in = [torch.ones(i, device=model.decoder.weight.device) for i in rnn.input_sizes]
     z_hid = [(~dead).to(z_in[0].dtype) for dead in zero_groups(list(rnn.layers), model.decoder.weight)]
     z_in[0][(rnn.layers[0].weight_ih_l0 == 0).all(0)] = 0.0
@@ -147,3 +147,24 @@ def load_exported_language_model(path: str | Path) -> tuple[LSTMLanguageModel, d
         raise UserError(f"{weights} does not match {cfg_file}: {str(e).splitlines()[0]}") from None
     model.eval()
     return model, config
+
+
+@torch.no_grad()
+def load_initial_weights(model: LSTMLanguageModel, run: str | Path) -> list[str]:
+    """Copy the exported weights of a finished run into `model` (gates, if any, stay as
+    initialised); returns the run's vocabulary, which the caller checks against its data.
+
+    The export is the contract folder, so a run of any method of this suite can be the start,
+    as long as its exported sizes are this model's sizes."""
+    export = finished_export(run, "model.init_from")
+    source, config = load_exported_language_model(export)
+    theirs = (config["vocab_size"], config["embedding_dim"], list(config["hidden_sizes"]))
+    ours = (model.vocab_size, model.embedding.embedding_dim, list(model.rnn.hidden_sizes))
+    if theirs != ours:
+        raise UserError(f"model.init_from: {export} holds a model of (vocab_size, embedding_dim, "
+                        f"hidden_sizes) {theirs}, this config builds {ours}; set the sizes to match")
+    model.embedding.weight.copy_(source.embedding.weight)
+    model.decoder.load_state_dict(source.decoder.state_dict())
+    for ours_lstm, their_lstm in zip(model.rnn.layers, source.rnn.layers, strict=True):
+        ours_lstm.load_state_dict(their_lstm.state_dict())
+    return list(config["vocab"])

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .hard_concrete import HardConcreteGate
+from .hard_concrete import LOUIZOS_LOG_ALPHA_RANGE, HardConcreteGate
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -37,6 +37,10 @@ class GateConfig:
     zeta: float = 1.1
     log_alpha_init_mean: float = 1.0
     log_alpha_init_std: float = 0.1
+    log_alpha_range: tuple[float, float] | None = LOUIZOS_LOG_ALPHA_RANGE
+    # False: only layer 0's inputs have gates of their own; the input of layer k > 0 is gated once,
+    # by the hidden gate of the layer below (which it is anyway), instead of twice (z_h[k-1] * z_x[k])
+    inner_input_gates: bool = True
 
 
 class GatedLSTM(nn.Module):
@@ -72,8 +76,9 @@ class GatedLSTM(nn.Module):
             gc = gate_config
             kw = {"beta": gc.beta, "gamma": gc.gamma, "zeta": gc.zeta,
                   "log_alpha_init_mean": gc.log_alpha_init_mean,
-                  "log_alpha_init_std": gc.log_alpha_init_std}
-            self.input_gates = nn.ModuleList(HardConcreteGate(i, **kw) for i in self.input_sizes)
+                  "log_alpha_init_std": gc.log_alpha_init_std, "log_alpha_range": gc.log_alpha_range}
+            gated_inputs = self.input_sizes if gc.inner_input_gates else self.input_sizes[:1]
+            self.input_gates = nn.ModuleList(HardConcreteGate(i, **kw) for i in gated_inputs)
             self.hidden_gates = nn.ModuleList(HardConcreteGate(h, **kw) for h in self.hidden_sizes)
 
     @property
@@ -87,9 +92,27 @@ class GatedLSTM(nn.Module):
             for h in self.hidden_sizes
         ]
 
+    def _per_layer_inputs(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
+        # layers without input gates of their own: a gate fixed at 1
+        ones = [values[0].new_ones(i) for i in self.input_sizes[len(values):]]
+        return [*values, *ones]
+
     def gate_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """One draw (training) or the test-time values (eval) of all gates."""
-        return [g() for g in self.input_gates], [g() for g in self.hidden_gates]
+        """One draw (training) or the test-time values (eval) of all gates, one vector per layer."""
+        return self._per_layer_inputs([g() for g in self.input_gates]), [g() for g in self.hidden_gates]
+
+    def deterministic_gates(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The test-time gate values, one vector per layer (what export folds in)."""
+        return (self._per_layer_inputs([g.deterministic() for g in self.input_gates]),
+                [g.deterministic() for g in self.hidden_gates])
+
+    def gate_probs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """P(z != 0) of every gate, one vector per layer (1 where a layer's inputs have no gate)."""
+        return (self._per_layer_inputs([g.prob_nonzero() for g in self.input_gates]),
+                [g.prob_nonzero() for g in self.hidden_gates])
+
+    def gates(self) -> list[HardConcreteGate]:
+        return [*self.input_gates, *self.hidden_gates] if self.gated else []
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         if state is None:
@@ -134,15 +157,15 @@ class GatedLSTM(nn.Module):
             return torch.tensor(float(dense if penalty == "weights" else
                                       sum(self.input_sizes) + sum(self.hidden_sizes)))
         if penalty == "neurons":
-            return sum(g.expected_open() for g in [*self.input_gates, *self.hidden_gates])
+            return sum(g.expected_open() for g in self.gates())
         if penalty != "weights":
             raise ValueError(f"unknown L0 penalty form {penalty!r}; use 'weights' or 'neurons'")
         total = 0.0
+        probs_in, probs_hid = self.gate_probs()
         for k in range(self.num_layers):
-            p = self.hidden_gates[k].prob_nonzero()
-            q = self.input_gates[k].prob_nonzero()
+            p, q = probs_hid[k], probs_in[k]
             if k > 0:
-                q = q * self.hidden_gates[k - 1].prob_nonzero()
+                q = q * probs_hid[k - 1]
             elif input_alive is not None:
                 q = q * input_alive
             sp = p.sum()
@@ -152,4 +175,4 @@ class GatedLSTM(nn.Module):
     def gate_parameters(self) -> list[nn.Parameter]:
         if not self.gated:
             return []
-        return [g.log_alpha for g in [*self.input_gates, *self.hidden_gates]]
+        return [g.log_alpha for g in self.gates()]

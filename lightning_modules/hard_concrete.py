@@ -11,6 +11,10 @@ import math
 import torch
 from torch import nn
 
+# Louizos et al.'s reference code (AMLab-Amsterdam/L0_regularization) clamps log_alpha to
+# [ln 0.01, ln 100] after each step.
+LOUIZOS_LOG_ALPHA_RANGE = (math.log(0.01), math.log(100.0))
+
 
 class HardConcreteGate(nn.Module):
     """A vector of `n` hard concrete gates with learnable `log_alpha`.
@@ -28,12 +32,15 @@ class HardConcreteGate(nn.Module):
         zeta: float = 1.1,
         log_alpha_init_mean: float = 1.0,
         log_alpha_init_std: float = 0.1,
+        log_alpha_range: tuple[float, float] | None = LOUIZOS_LOG_ALPHA_RANGE,
     ) -> None:
         super().__init__()
         if not (gamma < 0.0 and zeta > 1.0):
             raise ValueError(f"hard concrete needs gamma < 0 and zeta > 1, got {gamma=}, {zeta=}")
         if beta <= 0:
             raise ValueError(f"hard concrete needs beta > 0, got {beta=}")
+        if log_alpha_range is not None and not log_alpha_range[0] < log_alpha_range[1]:
+            raise ValueError(f"log_alpha_range needs low < high, got {log_alpha_range}")
         self.n = n
         self.beta = beta
         self.gamma = gamma
@@ -41,11 +48,26 @@ class HardConcreteGate(nn.Module):
         self.log_alpha = nn.Parameter(torch.empty(n))
         self.log_alpha_init_mean = log_alpha_init_mean
         self.log_alpha_init_std = log_alpha_init_std
+        self.log_alpha_range = tuple(log_alpha_range) if log_alpha_range is not None else None
+        # Frozen: training uses the test-time gate too, with no noise and no gradient to log_alpha
+        # (the "select, then fine-tune" phase). Not saved: the task sets it from the epoch.
+        self.frozen = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
             self.log_alpha.normal_(self.log_alpha_init_mean, self.log_alpha_init_std)
+        self.constrain_()
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Clamp log_alpha to its range (after every optimizer step, as Louizos et al.'s code).
+
+        The lower end keeps a closed gate reachable: at ln 0.01, P(z != 0) is still about 5 %,
+        so the data can reopen it; unclamped, an lr-1 step can push log_alpha to -9, where no
+        gradient ever comes back."""
+        if self.log_alpha_range is not None:
+            self.log_alpha.clamp_(*self.log_alpha_range)
 
     def extra_repr(self) -> str:
         return f"n={self.n}, beta={self.beta:.4g}, gamma={self.gamma}, zeta={self.zeta}"
@@ -69,6 +91,8 @@ class HardConcreteGate(nn.Module):
         return self._stretch_and_clamp(torch.sigmoid(self.log_alpha))
 
     def forward(self) -> torch.Tensor:
+        if self.frozen:
+            return self.deterministic().detach()
         return self.sample() if self.training else self.deterministic()
 
     def prob_nonzero(self) -> torch.Tensor:

@@ -25,13 +25,22 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from .errors import UserError
-from .export import neurons_kept
+from .export import load_initial_weights, neurons_kept
 from .gated_lstm import GateConfig
+from .hard_concrete import LOUIZOS_LOG_ALPHA_RANGE
 from .language_model import LSTMLanguageModel, model_size
+from .optim import (
+    GATE_UPDATES,
+    SGDWithAdamGroups,
+    clip_,
+    clipped_parameters,
+    lr_factor,
+    optimizer_groups,
+    scheduled,
+)
 from .pruning_methods import GATED_METHODS, build_pruning_method
+from .run_dir import GATE_HISTORY_FILE
 from .structured_sparsity import lstm_weight_matrices
-
-GATE_HISTORY_FILE = "gate_history.jsonl"
 
 
 def sizes_from_result(path: str) -> tuple[int, list[int]]:
@@ -70,11 +79,17 @@ class LanguageModelTask(L.LightningModule):
         gate_zeta: float = 1.1,
         log_alpha_init_mean: float = 1.0,
         log_alpha_init_std: float = 0.1,
+        log_alpha_range: tuple[float, float] | None = LOUIZOS_LOG_ALPHA_RANGE,
+        inner_input_gates: bool = True,
+        gates_freeze_epoch: int | None = None,
+        gate_update: Literal["with_weights", "adam", "unclipped"] = "with_weights",
         lr: float = 1.0,
         gate_lr: float | None = None,
+        lr_schedule: Literal["exponential", "thirds"] = "exponential",
         lr_decay: float = 0.5,
         lr_decay_start_epoch: int = 4,
         max_grad_norm: float = 5.0,
+        init_from: str | None = None,
         gate_history_every: int = 200,
     ) -> None:
         """
@@ -85,7 +100,8 @@ class LanguageModelTask(L.LightningModule):
             reg_lambda: penalty strength per token: per expected non-zero weight (l0), per
                 unit of group norm (group_lasso) or of |w| (lasso).
             zero_threshold: group_lasso/lasso zero every weight below it after each step
-                (default max(1e-4, 2 * reg_lambda * num_steps), the iss-rnns rule).
+                (default: the iss-rnns rule, 1e-4 for group_lasso and
+                max(1e-4, 2 * reg_lambda * num_steps) for lasso; see pruning_methods.py).
             input_groups: group_lasso also groups the first layer's input neurons.
             structured, target_sparsity, target_neurons, prune_begin_step, prune_end_step,
                 prune_every: magnitude pruning: by ISS group to target_neurons per layer, or
@@ -93,10 +109,26 @@ class LanguageModelTask(L.LightningModule):
             sizes_from: a run's result.json; the dense model gets its surviving sizes
                 (the "direct design" control: the pruned sizes trained from scratch).
             init_scale: weights and biases uniform in [-init_scale, init_scale].
-            lr, lr_decay, lr_decay_start_epoch: SGD learning rate; from epoch
-                lr_decay_start_epoch on (0-based epoch e), lr * lr_decay ** (e + 1 - start).
-            gate_lr: learning rate of the gates' log_alpha (default: lr); same schedule.
-            max_grad_norm: global-norm clip of the weights' gradients (gates excluded).
+            log_alpha_init_mean, log_alpha_init_std: log_alpha starts at N(mean, std). N(1, 0.1) is
+                attributed to the paper by one re-implementation only (docs/REFERENCES.md).
+            log_alpha_range: log_alpha is clamped to [low, high] after every step (default
+                [ln 0.01, ln 100], Louizos et al.'s code); null: no clamp.
+            inner_input_gates: false: layers above the first have no input gates of their own, so
+                the path between layers is gated once (by the hidden gate below), not twice.
+            gates_freeze_epoch: L0 only: from this 0-based epoch on, gates stay at their test-time
+                values (no noise, no penalty) while the weights train on ("select, then fine-tune").
+            gate_update: how log_alpha is optimised: with_weights (in the weights' SGD and their
+                global clip: the TF / iss-rnns way), adam (Adam at gate_lr, unclipped: Louizos et
+                al.'s way), unclipped (before 2026-11-30; shuts neurons at lr 1 with no penalty).
+                See lightning_modules/optim.py.
+            lr, lr_schedule, lr_decay, lr_decay_start_epoch: SGD learning rate and its schedule:
+                exponential: from epoch lr_decay_start_epoch on (0-based epoch e),
+                lr * lr_decay ** (e + 1 - start) (TF tutorial); thirds: lr * lr_decay **
+                (e // (max_epochs // 3)) (iss-rnns sparselarge: 0.1 every 18 of 55 epochs).
+            gate_lr: learning rate of the gates' log_alpha (default: lr; with gate_update=adam 1e-3).
+            max_grad_norm: global-norm clip of the gradients (which ones: gate_update).
+            init_from: a finished run dir (or its export/): start from its exported weights
+                (pruning a trained model; iss-rnns' --restore_path). Sizes and vocabulary must match.
             gate_history_every: gated runs append every gate's P(z != 0) to gate_history.jsonl
                 every this many steps (and after each epoch); 0: after each epoch only.
         """
@@ -111,6 +143,8 @@ class LanguageModelTask(L.LightningModule):
             raise UserError(f"model.dropout must be in [0, 1), got {dropout}")
         if lr <= 0 or (gate_lr is not None and gate_lr <= 0):
             raise UserError("model.lr and model.gate_lr must be > 0")
+        if gate_update not in GATE_UPDATES:
+            raise UserError(f"model.gate_update must be one of {', '.join(GATE_UPDATES)}, got {gate_update!r}")
         if not hidden_sizes or min(hidden_sizes) < 1 or embedding_dim < 1:
             raise UserError(f"model sizes must be positive, got embedding_dim={embedding_dim}, "
                             f"hidden_sizes={hidden_sizes}")
@@ -118,15 +152,17 @@ class LanguageModelTask(L.LightningModule):
         # the sizes actually built (sizes_from may have replaced the arguments)
         self.hparams.update(embedding_dim=embedding_dim, hidden_sizes=list(hidden_sizes))
         gate_config = GateConfig(gate_beta, gate_gamma, gate_zeta, log_alpha_init_mean,
-                                 log_alpha_init_std)
+                                 log_alpha_init_std, log_alpha_range, inner_input_gates)
         self.model = LSTMLanguageModel(vocab_size, embedding_dim, list(hidden_sizes), dropout,
                                        gated=method in GATED_METHODS, init_scale=init_scale,
                                        gate_config=gate_config)
+        self.init_vocab = load_initial_weights(self.model, init_from) if init_from else None
         self.pruning = build_pruning_method(
             method, self.model, reg_lambda=reg_lambda, l0_penalty=l0_penalty,
             zero_threshold=zero_threshold, input_groups=input_groups, structured=structured,
             target_sparsity=target_sparsity, target_neurons=target_neurons,
-            prune_begin_step=prune_begin_step, prune_end_step=prune_end_step, prune_every=prune_every)
+            prune_begin_step=prune_begin_step, prune_end_step=prune_end_step, prune_every=prune_every,
+            gates_freeze_epoch=gates_freeze_epoch)
         self.val_ppl = Perplexity()
         self.test_ppl = Perplexity()
         self.train_ce = MeanMetric()
@@ -135,6 +171,13 @@ class LanguageModelTask(L.LightningModule):
         self._epoch_start = None
         self._windows_done = 0  # training windows of the current epoch already stepped on
         self._pending_resume: dict | None = None
+
+    def setup(self, stage: str) -> None:
+        data = self._trainer.datamodule if self._trainer is not None else None
+        vocab = getattr(data, "vocab", None) if data is not None else None
+        if self.init_vocab is not None and vocab is not None and list(vocab) != self.init_vocab:
+            raise UserError(f"model.init_from: {self.hparams.init_from} was trained on another vocabulary "
+                            f"({len(self.init_vocab)} tokens) than this run's data ({len(vocab)} tokens)")
 
     # ---- sizes ----------------------------------------------------------------------
 
@@ -214,13 +257,13 @@ class LanguageModelTask(L.LightningModule):
             self._append_gate_history()
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # The TF configs clip the network weights; the gates' penalty gradient must not
-        # shrink the weights' update, so log_alpha is left out of the norm.
-        torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.hparams.max_grad_norm)
+        clip_(clipped_parameters(self.model.weight_parameters(), self.model.rnn.gate_parameters(),
+                                 self.hparams.gate_update), self.hparams.max_grad_norm)
 
     # ---- epoch hooks ------------------------------------------------------------------
 
     def on_train_epoch_start(self) -> None:
+        self.pruning.on_train_epoch_start(self.model, self.current_epoch)
         self._state = None
         self._windows_done = 0
         self._epoch_start = time.perf_counter()
@@ -274,11 +317,12 @@ class LanguageModelTask(L.LightningModule):
             return  # the epoch ended on a step that was just recorded
         self._history_step = self.global_step
         with torch.no_grad():
+            probs_in, probs_hid = rnn.gate_probs()
             entry = {
                 "epoch": self.current_epoch,
                 "step": self.global_step,
-                "input": [[round(p, 4) for p in g.prob_nonzero().tolist()] for g in rnn.input_gates],
-                "hidden": [[round(p, 4) for p in g.prob_nonzero().tolist()] for g in rnn.hidden_gates],
+                "input": [[round(p, 4) for p in q.tolist()] for q in probs_in],
+                "hidden": [[round(p, 4) for p in q.tolist()] for q in probs_hid],
             }
         path = Path(self.trainer.default_root_dir) / GATE_HISTORY_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,16 +333,12 @@ class LanguageModelTask(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = [{"params": self.model.weight_parameters(), "lr": hp.lr}]
-        gates = self.model.rnn.gate_parameters()
-        if gates:
-            groups.append({"params": gates, "lr": hp.gate_lr or hp.lr})
-        optimizer = torch.optim.SGD(groups, lr=hp.lr)
-
-        def factor(epoch: int) -> float:
-            return hp.lr_decay ** max(epoch + 1 - hp.lr_decay_start_epoch, 0)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        groups = optimizer_groups(self.model.weight_parameters(), self.model.rnn.gate_parameters(),
+                                  lr=hp.lr, gate_update=hp.gate_update, gate_lr=hp.gate_lr)
+        optimizer = SGDWithAdamGroups(groups, lr=hp.lr)
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else 1
+        factor = lr_factor(hp.lr_schedule, hp.lr_decay, hp.lr_decay_start_epoch, max_epochs or 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, scheduled(factor, groups))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ---- checkpoint extras --------------------------------------------------------------

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .hard_concrete import HardConcreteGate
 from .language_model import LSTMLanguageModel
 from .structured_sparsity import (
     ISSUnit,
@@ -62,33 +63,64 @@ class PruningMethod(nn.Module):
     def after_optimizer_step(self, model: nn.Module, step: int, num_steps: int) -> None:
         """Called after every optimizer step; `step` counts optimizer steps done (from 1)."""
 
+    def on_train_epoch_start(self, model: nn.Module, epoch: int) -> None:
+        """Called when a training epoch starts (also the epoch a resumed run continues)."""
+
+
+def hard_concrete_gates(model: nn.Module) -> list[HardConcreteGate]:
+    return [m for m in model.modules() if isinstance(m, HardConcreteGate)]
+
 
 class L0Gates(PruningMethod):
-    def __init__(self, reg_lambda: float, form: str) -> None:
+    """Hard concrete gates with a penalty on the expected L0.
+
+    freeze_epoch: from this (0-based) epoch on the gates stay at their test-time values, with no
+    noise and no penalty, and the weights train on ("select, then fine-tune"): the noise-free
+    phase that magnitude pruning gets after its last pruning step."""
+
+    def __init__(self, reg_lambda: float, form: str, freeze_epoch: int | None = None) -> None:
         super().__init__()
-        self.reg_lambda, self.form = reg_lambda, form
+        if freeze_epoch is not None and freeze_epoch < 0:
+            raise UserError(f"model.gates_freeze_epoch must be >= 0 or null, got {freeze_epoch}")
+        self.reg_lambda, self.form, self.freeze_epoch = reg_lambda, form, freeze_epoch
+        self.frozen = False
 
     def penalty(self, model):
-        if self.reg_lambda == 0:
-            return None
+        if self.reg_lambda == 0 or self.frozen:
+            return None  # frozen gates: the penalty is a constant
         return self.reg_lambda * _expected_l0(model, self.form)
+
+    def after_optimizer_step(self, model, step, num_steps):
+        for gate in hard_concrete_gates(model):
+            gate.constrain_()
+
+    def on_train_epoch_start(self, model, epoch):
+        self.frozen = self.freeze_epoch is not None and epoch >= self.freeze_epoch
+        for gate in hard_concrete_gates(model):
+            gate.frozen = self.frozen
 
 
 class _Thresholded(PruningMethod):
     """Lasso-type methods zero every weight below a threshold after each step, as ISS did.
 
-    threshold None: max(1e-4, 2 * reg_lambda * num_steps), the iss-rnns rule
-    max(1e-4, 2 * global_decay) with its penalty scale (summed over a segment's steps).
+    iss-rnns (ptb/ptb_word_lm.py) zeroes weights below max(1e-4, 2 * weight_decay), where
+    weight_decay is its L1 scale on the per-segment loss (0.0 in its group-Lasso config). So the
+    default (threshold None) is 1e-4 for group Lasso and max(1e-4, 2 * reg_lambda * num_steps) for
+    Lasso (reg_lambda is per token here; the per-segment scale is reg_lambda * num_steps).
     """
 
     def __init__(self, reg_lambda: float, threshold: float | None) -> None:
         super().__init__()
         self.reg_lambda, self.threshold = reg_lambda, threshold
 
+    def l1_scale(self) -> float:
+        """The per-token L1 strength of the iss-rnns threshold rule (0 for group Lasso)."""
+        return 0.0
+
     def threshold_for(self, num_steps: int) -> float:
         if self.threshold is not None:
             return self.threshold
-        return max(1e-4, 2.0 * self.reg_lambda * num_steps)
+        return max(1e-4, 2.0 * self.l1_scale() * num_steps)
 
     def thresholded_tensors(self, model: nn.Module) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -112,15 +144,19 @@ class GroupLasso(_Thresholded):
         return self.reg_lambda * total
 
     def thresholded_tensors(self, model):
-        # every tensor an ISS group lives in, so that whole groups can reach exact zero
+        # every weight matrix an ISS group lives in, so that whole groups can reach exact zero
+        # (iss-rnns zeroes weights, not biases: the groups hold none)
         units = prunable_units(model)
-        tensors = [p for u in units for p in u.lstm.parameters()] + [w for u in units for w, _ in u.consumers]
+        tensors = lstm_weight_matrices([u.lstm for u in units]) + [w for u in units for w, _ in u.consumers]
         if self.input_groups:
             tensors.append(model.embedding.weight)
         return list({id(t): t for t in tensors}.values())  # a consumer may be another unit's weight_ih
 
 
 class Lasso(_Thresholded):
+    def l1_scale(self) -> float:
+        return self.reg_lambda
+
     def penalty(self, model):
         if self.reg_lambda == 0:
             return None
@@ -215,7 +251,8 @@ class Magnitude(PruningMethod):
 def build_pruning_method(method: str, model: nn.Module, *, reg_lambda: float, l0_penalty: str,
                          zero_threshold: float | None, input_groups: bool, structured: bool,
                          target_sparsity: float | None, target_neurons: list[int] | None,
-                         prune_begin_step: int, prune_end_step: int, prune_every: int) -> PruningMethod:
+                         prune_begin_step: int, prune_end_step: int, prune_every: int,
+                         gates_freeze_epoch: int | None = None) -> PruningMethod:
     if method not in METHODS:
         raise UserError(f"unknown pruning method {method!r}; use one of {', '.join(METHODS)}")
     if method in ("none", "magnitude") and reg_lambda > 0:
@@ -224,7 +261,7 @@ def build_pruning_method(method: str, model: nn.Module, *, reg_lambda: float, l0
     if method == "none":
         return PruningMethod()
     if method == "l0":
-        return L0Gates(reg_lambda, l0_penalty)
+        return L0Gates(reg_lambda, l0_penalty, gates_freeze_epoch)
     if method == "group_lasso":
         if input_groups and not isinstance(model, LSTMLanguageModel):
             raise UserError("model.input_groups (groups on the embedding) exists for the language model only; "

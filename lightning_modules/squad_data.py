@@ -1,9 +1,11 @@
 """SQuAD v1.1 through Hugging Face `datasets`: loading, tokenisation with character offsets, batching.
 
-Sources (both give the Hub schema: id, title, context, question, answers{text, answer_start}):
-  hub    a Hub dataset id (default rajpurkar/squad; needs a network or a warm HF cache)
-  local  the official JSON files (train-v1.1.json, dev-v1.1.json), plain or .gz, flattened
-         to the Hub schema
+Sources (all give the Hub schema: id, title, context, question, answers{text, answer_start}):
+  hub       a Hub dataset id (default rajpurkar/squad; needs a network or a warm HF cache)
+  local     the official JSON files (train-v1.1.json, dev-v1.1.json), plain or .gz, flattened
+            to the Hub schema
+  embedded  the official dev-v1.1.json shipped in this package (gzip), sha256-verified at load,
+            as validation split; a train split only from data.train_file
 Checks: a file that is missing, not gzip, not JSON or not SQuAD-shaped is a UserError naming
 the file and the first offending entry. A question with an answer whose `answer_start` does
 not point at its text is skipped, counted, and reported in one warning per split.
@@ -30,6 +32,7 @@ a run measures the pipeline, not SQuAD: it says so in its output and result.json
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
 import sys
@@ -49,6 +52,9 @@ TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1 of both vocabularies
 SPLITS = ("train", "validation")
 COLUMNS = ("id", "title", "context", "question", "answers")
+EMBEDDED_DEV = Path(__file__).parent / "data" / "squad" / "dev-v1.1.json.gz"
+# sha256 of the uncompressed official dev-v1.1.json (see data/squad/SOURCES.md)
+DEV_SHA256 = "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9"
 
 
 # ---- tokenisation --------------------------------------------------------------------------
@@ -82,18 +88,24 @@ def span_text(context: str, offsets: list[tuple[int, int]], first: int, last: in
 
 # ---- reading the official JSON ----------------------------------------------------------
 
-def _read_json(path: Path):
+def _read_json(path: Path, verify_sha256: str | None = None):
     if not path.is_file():
         raise UserError(f"{path} not found; give the path of an official SQuAD v1.1 JSON file "
                         "(e.g. dev-v1.1.json or dev-v1.1.json.gz)")
     try:
         if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                return json.load(f)
-        return json.loads(path.read_text(encoding="utf-8"))
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise UserError(f"{path} is not a readable gzip file ({e}): it is truncated or corrupted; "
                         "restore it from a clean copy") from None
+    if verify_sha256 and hashlib.sha256(data).hexdigest() != verify_sha256:
+        raise UserError(f"{path} fails its sha256 check (expected {verify_sha256[:12]}...): the file was "
+                        "modified or corrupted; restore it from a clean copy (reinstall the package)")
+    try:
+        return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); give an official SQuAD v1.1 file") from None
 
@@ -105,10 +117,10 @@ def _require(cond: bool, path: Path, where: str, what: str) -> None:
                         "[{'context', 'qas': [{'id', 'question', 'answers'}]}]}]})")
 
 
-def read_squad_json(path: str | Path) -> list[dict]:
+def read_squad_json(path: str | Path, verify_sha256: str | None = None) -> list[dict]:
     """Flatten an official SQuAD v1.1 file into Hub-schema rows, one per question."""
     path = Path(path).expanduser()
-    doc = _read_json(path)
+    doc = _read_json(path, verify_sha256)
     _require(isinstance(doc, dict) and isinstance(doc.get("data"), list), path, "the top level",
              "has no 'data' list")
     rows = []
@@ -151,9 +163,18 @@ def load_squad(source: str = "hub", hub_id: str = "rajpurkar/squad", train_file:
     """A `datasets.DatasetDict` with the splits that exist (validation always; train if given)."""
     import datasets
 
+    if source == "embedded":
+        # two dev sets at once would leave unclear which one a run evaluated on
+        if validation_file:
+            raise UserError(f"data.source=embedded evaluates on the shipped dev-v1.1 and cannot take "
+                            f"data.validation_file={validation_file}; drop it, or use data.source=local")
+        splits = {"validation": read_squad_json(EMBEDDED_DEV, DEV_SHA256),
+                  **({"train": read_squad_json(train_file)} if train_file else {})}
+        return datasets.DatasetDict({split: datasets.Dataset.from_list(rows) for split, rows in splits.items()})
     if source == "local":
         if not validation_file:
-            raise UserError("data.source=local needs data.validation_file (dev-v1.1.json, plain or .gz)")
+            raise UserError("data.source=local needs data.validation_file (dev-v1.1.json, plain or .gz); "
+                            "data.source=embedded uses the dev set shipped in the package")
         files = {"validation": validation_file, **({"train": train_file} if train_file else {})}
         return datasets.DatasetDict({split: datasets.Dataset.from_list(read_squad_json(f))
                                      for split, f in files.items()})
@@ -163,12 +184,13 @@ def load_squad(source: str = "hub", hub_id: str = "rajpurkar/squad", train_file:
         except Exception as e:  # network, auth, unknown id: all user-fixable
             raise UserError(f"cannot load Hub dataset {hub_id!r} ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}); without a network use "
-                            "data.source=local with data.validation_file (and data.train_file)") from None
+                            "data.source=local with data.validation_file (and data.train_file), or "
+                            "data.source=embedded for the shipped dev set") from None
         if "validation" not in ds or any(c not in ds["validation"].column_names for c in COLUMNS):
             raise UserError(f"Hub dataset {hub_id!r} needs a validation split with columns {list(COLUMNS)}; "
                             f"it has {dict(ds.column_names)}")
         return datasets.DatasetDict({s: ds[s].select_columns(list(COLUMNS)) for s in SPLITS if s in ds})
-    raise UserError(f"unknown SQuAD source {source!r}; use hub or local")
+    raise UserError(f"unknown SQuAD source {source!r}; use hub, local or embedded")
 
 
 # ---- vocabularies and encoding --------------------------------------------------------------
@@ -259,7 +281,7 @@ def _loud(message: str) -> None:
 class SquadDataModule(L.LightningDataModule):
     def __init__(
         self,
-        source: Literal["hub", "local"] = "hub",
+        source: Literal["hub", "local", "embedded"] = "hub",
         hub_id: str = "rajpurkar/squad",
         train_file: str | None = None,
         validation_file: str | None = None,
@@ -278,8 +300,10 @@ class SquadDataModule(L.LightningDataModule):
     ) -> None:
         """
         Args:
-            source: hub (rajpurkar/squad; needs a network) or local (official JSON files).
-            train_file, validation_file: the official JSON files for source=local (.json or .json.gz).
+            source: hub (rajpurkar/squad; needs a network), local (official JSON files) or
+                embedded (the dev-v1.1 shipped in the package, sha256-checked; no train split).
+            train_file, validation_file: the official JSON files for source=local (.json or .json.gz);
+                source=embedded takes train_file only.
             dev_split_articles: smoke runs only: train on the first N articles of the validation
                 file and evaluate on the others (no train file needed). Not SQuAD results.
             max_train_questions, max_eval_questions: a fixed random sample (seed 0) of that many

@@ -36,6 +36,8 @@ from torchmetrics.text import SQuAD
 from .bidaf import LSTM_NAMES, BiDAF, bidaf_size, decode_spans
 from .errors import UserError
 from .gated_lstm import GateConfig
+from .hard_concrete import LOUIZOS_LOG_ALPHA_RANGE
+from .optim import GATE_UPDATES, clip_, clipped_parameters, optimizer_groups
 from .pruning_methods import GATED_METHODS, build_pruning_method
 from .squad_data import span_text
 from .squad_export import neurons_kept
@@ -73,6 +75,9 @@ class SquadTask(L.LightningModule):
         gate_zeta: float = 1.1,
         log_alpha_init_mean: float = 1.0,
         log_alpha_init_std: float = 0.1,
+        log_alpha_range: tuple[float, float] | None = LOUIZOS_LOG_ALPHA_RANGE,
+        gates_freeze_epoch: int | None = None,
+        gate_update: Literal["with_weights", "adam", "unclipped"] = "with_weights",
         optimizer: Literal["adam", "adadelta"] = "adam",
         lr: float = 0.001,
         gate_lr: float | None = None,
@@ -91,9 +96,12 @@ class SquadTask(L.LightningModule):
                 per pruned LSTM in LSTM_NAMES order (6 without the contextual one, else 8).
             prune_contextual: prune the contextual BiLSTM too (iss-rnns did not).
             optimizer, lr: adam 0.001 (the BiDAF code's default) or adadelta 0.5 (the paper's).
+            log_alpha_range, gates_freeze_epoch, gate_update: as the language model's
+                (lightning_modules/lm_task.py, optim.py); gate_update=adam needs optimizer=adam.
             gate_lr: learning rate of the gates' log_alpha (default: lr).
             ema_decay: moving average of the weights used for evaluation and export (None: off).
-            max_grad_norm: global-norm clip of the weights' gradients (None: no clipping, as BiDAF).
+            max_grad_norm: global-norm clip of the gradients (None: no clipping, as BiDAF; which
+                ones: gate_update).
         """
         super().__init__()
         if reg_lambda < 0:
@@ -102,13 +110,18 @@ class SquadTask(L.LightningModule):
             raise UserError(f"model.dropout must be in [0, 1), got {dropout}")
         if lr <= 0 or (gate_lr is not None and gate_lr <= 0):
             raise UserError("model.lr and model.gate_lr must be > 0")
+        if gate_update not in GATE_UPDATES:
+            raise UserError(f"model.gate_update must be one of {', '.join(GATE_UPDATES)}, got {gate_update!r}")
+        if gate_update == "adam" and optimizer != "adam":
+            raise UserError("model.gate_update=adam needs model.optimizer=adam (one optimiser holds both)")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise UserError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
         if min(word_dim, char_dim, char_channels, char_kernel, hidden_size, max_answer_tokens) < 1:
             raise UserError("model sizes (word_dim, char_dim, char_channels, char_kernel, hidden_size) and "
                             "max_answer_tokens must be positive")
         self.save_hyperparameters()
-        gate_config = GateConfig(gate_beta, gate_gamma, gate_zeta, log_alpha_init_mean, log_alpha_init_std)
+        gate_config = GateConfig(gate_beta, gate_gamma, gate_zeta, log_alpha_init_mean, log_alpha_init_std,
+                                 log_alpha_range)
         self.model = BiDAF(word_vocab_size, char_vocab_size, word_dim, char_dim, char_channels, char_kernel,
                            hidden_size, highway_layers, dropout, gated=method in GATED_METHODS,
                            prune_contextual=prune_contextual, gate_config=gate_config)
@@ -116,7 +129,7 @@ class SquadTask(L.LightningModule):
             method, self.model, reg_lambda=reg_lambda, l0_penalty=l0_penalty, zero_threshold=zero_threshold,
             input_groups=False, structured=structured, target_sparsity=target_sparsity,
             target_neurons=target_neurons, prune_begin_step=prune_begin_step, prune_end_step=prune_end_step,
-            prune_every=prune_every)
+            prune_every=prune_every, gates_freeze_epoch=gates_freeze_epoch)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if ema_decay else None
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.squad = SQuAD()
@@ -202,12 +215,16 @@ class SquadTask(L.LightningModule):
         return objective
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self.hparams.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.hparams.max_grad_norm)
+        clip_(clipped_parameters(self.model.weight_parameters(), self.model.gate_parameters(),
+                                 self.hparams.gate_update), self.hparams.max_grad_norm)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        # after the optimizer step: the SQuAD loss is per question, not summed over steps (num_steps=1)
-        self.pruning.after_optimizer_step(self.model, self.global_step, 1)
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Thresholding, masks and the weight average belong to the step itself: Lightning runs the
+        # callbacks' on_train_batch_end (which write step checkpoints) before the module's, so a
+        # checkpoint must already hold them. The loss is per question (num_steps=1); Lightning
+        # counts this step (global_step + 1) once this hook returns.
+        self.pruning.after_optimizer_step(self.model, self.global_step + 1, 1)
         self._update_average()
 
     @torch.no_grad()
@@ -247,6 +264,7 @@ class SquadTask(L.LightningModule):
         self.squad.reset()
 
     def on_train_epoch_start(self) -> None:
+        self.pruning.on_train_epoch_start(self.model, self.current_epoch)
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
@@ -266,10 +284,10 @@ class SquadTask(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = [{"params": self.model.weight_parameters(), "lr": hp.lr}]
-        gates = self.model.gate_parameters()
-        if gates:
-            groups.append({"params": gates, "lr": hp.gate_lr or hp.lr})
+        groups = optimizer_groups(self.model.weight_parameters(), self.model.gate_parameters(),
+                                  lr=hp.lr, gate_update=hp.gate_update, gate_lr=hp.gate_lr)
+        for group in groups:  # torch's own optimisers: Adam or Adadelta for every group
+            del group["algorithm"], group["scheduled"]
         if hp.optimizer == "adadelta":
             return torch.optim.Adadelta(groups, lr=hp.lr)
         return torch.optim.Adam(groups, lr=hp.lr)

@@ -2,11 +2,13 @@
 
 ISS component of hidden neuron k of LSTM layer l (Wen et al. 2018, "intrinsic sparse
 structures"): every weight that only exists because neuron k exists, i.e.
-  - row k of each of the four gate blocks (i, f, g, o) of weight_ih, weight_hh and both biases,
+  - row k of each of the four gate blocks (i, f, g, o) of weight_ih and weight_hh,
   - column k of weight_hh (its recurrent output),
   - column k of its consumer: the next layer's weight_ih, or the decoder.
 Each weight belongs to the group once (row k and column k of weight_hh share 4 entries).
-A group that is all zeros is a removable neuron.
+As in iss-rnns, the groups hold weights only, no biases: a neuron whose group is all zeros is
+read by nothing (its recurrent and consumer columns are zero), so it is removable whatever its
+biases are, and export drops them with it.
 
 A model other than the stacked LM (BiDAF: bidirectional LSTMs whose outputs are read by
 several matrices) describes its LSTMs as `ISSUnit`s: each single-layer LSTM with the weight
@@ -55,9 +57,7 @@ def unit_group_squares(units: list[ISSUnit]) -> list[torch.Tensor]:
         hidden = lstm.hidden_size
         w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
         rows = (w_ih.view(4, hidden, -1).square().sum((0, 2))
-                + w_hh.view(4, hidden, hidden).square().sum((0, 2))
-                + lstm.bias_ih_l0.view(4, hidden).square().sum(0)
-                + lstm.bias_hh_l0.view(4, hidden).square().sum(0))
+                + w_hh.view(4, hidden, hidden).square().sum((0, 2)))
         recurrent_cols = w_hh.square().sum(0)
         overlap = torch.diagonal(w_hh.view(4, hidden, hidden), dim1=1, dim2=2).square().sum(0)
         consumed = sum(weight.square().sum(0)[cols.to(weight.device)].sum(1) for weight, cols in unit.consumers)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from lightning_modules.atomic import atomic_write_bytes
+from lightning_modules.run_dir import GATE_HISTORY_FILE
 
 from .tables import (
     METHOD_NAMES,
@@ -33,7 +34,6 @@ from .tables import (
 PLOT_METRIC = {"ptb": ("test_ppl", "test perplexity (per word)", True), "squad": ("f1", "F1 on SQuAD dev (%)", False)}
 STYLE = {"none": ("black", "s"), "l0": ("tab:red", "o"), "group_lasso": ("tab:blue", "^"),
          "lasso": ("tab:green", "v"), "magnitude": ("tab:purple", "D"), "direct": ("tab:orange", "P")}
-GATE_HISTORY_FILE = "gate_history.jsonl"  # lightning_modules.lm_task's name (not imported: it pulls in torch)
 
 
 def _figure(**kwargs):

@@ -122,20 +122,25 @@ def test_loader_rejects_vocab_mismatch_and_missing_files(tmp_path):
         load_exported_language_model(tmp_path / "f")
 
 
-def test_zeroed_iss_group_is_removed_by_export_and_outputs_are_unchanged(tmp_path):
-    """A dense model whose ISS group (layer 0, neuron 3) is all zero exports one neuron smaller."""
+@pytest.mark.parametrize("layer", [0, 1])
+def test_zeroed_iss_group_is_removed_by_export_and_outputs_are_unchanged(tmp_path, layer):
+    """A dense model whose ISS group (neuron 3 of a layer) is all zero exports one neuron smaller.
+    The group holds weights only (iss-rnns): the neuron's biases stay non-zero, and removing it
+    is still exact, because nothing reads its output."""
     torch.manual_seed(0)
-    model = LSTMLanguageModel(len(VOCAB), 8, [6, 5], gated=False).eval()
-    lstm0, lstm1 = model.rnn.layers
+    model = LSTMLanguageModel(len(VOCAB), 8, [6, 6], gated=False).eval()
+    lstm, consumer = model.rnn.layers[layer], (model.rnn.layers[1].weight_ih_l0 if layer == 0 else
+                                               model.decoder.weight)
     rows = [g * 6 + 3 for g in range(4)]
     with torch.no_grad():
-        for p in (lstm0.weight_ih_l0, lstm0.weight_hh_l0, lstm0.bias_ih_l0, lstm0.bias_hh_l0):
+        for p in (lstm.weight_ih_l0, lstm.weight_hh_l0):
             p[rows] = 0
-        lstm0.weight_hh_l0[:, 3] = 0
-        lstm1.weight_ih_l0[:, 3] = 0
-        lstm0.weight_ih_l0[:, 2] = 0  # and one embedding dimension nobody reads
+        lstm.weight_hh_l0[:, 3] = 0
+        consumer[:, 3] = 0
+        assert lstm.bias_ih_l0[rows].abs().min() > 0
+        model.rnn.layers[0].weight_ih_l0[:, 2] = 0  # and one embedding dimension nobody reads
     config = export_language_model(model, VOCAB, tmp_path / "e")
-    assert config["hidden_sizes"] == [5, 5] and config["embedding_dim"] == 7
+    assert config["hidden_sizes"] == ([5, 6] if layer == 0 else [6, 5]) and config["embedding_dim"] == 7
     plain, _ = load_exported_language_model(tmp_path / "e")
     tokens = torch.randint(0, len(VOCAB), (3, 11))
     with torch.no_grad():

@@ -35,9 +35,14 @@ def test_group_lasso_penalty_and_thresholding():
     method.after_optimizer_step(model, step=1, num_steps=20)
     for t in method.thresholded_tensors(model):
         assert ((t == 0) | (t.abs() >= 0.05)).all()
-    # the default threshold is the iss-rnns rule max(1e-4, 2 * lambda) at their loss scale
-    assert _method("group_lasso", model, reg_lambda=1e-4).threshold_for(num_steps=35) == pytest.approx(7e-3)
+    # the default threshold is the iss-rnns rule max(1e-4, 2 * weight_decay), weight_decay being
+    # its L1 scale: 1e-4 for pure group Lasso whatever lambda, 2 * lambda (per segment) for Lasso
+    assert _method("group_lasso", model, reg_lambda=1e-4).threshold_for(num_steps=35) == 1e-4
     assert _method("group_lasso", model, reg_lambda=1e-7).threshold_for(num_steps=35) == 1e-4
+    assert _method("lasso", model, reg_lambda=1e-4).threshold_for(num_steps=35) == pytest.approx(7e-3)
+    assert _method("lasso", model, reg_lambda=1e-7).threshold_for(num_steps=35) == 1e-4
+    # weights only, as iss-rnns: its groups hold no biases
+    assert all(t.dim() == 2 for t in method.thresholded_tensors(model))
 
 
 def test_lasso_thresholds_only_lstm_weights():

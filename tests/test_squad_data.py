@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
-from conftest import REPO
 
 from lightning_modules.errors import UserError
 from lightning_modules.glove import read_glove
 from lightning_modules.squad_data import (
+    EMBEDDED_DEV,
     SquadDataModule,
     answer_token_span,
     collate_squad,
@@ -19,8 +19,7 @@ from lightning_modules.squad_data import (
     tokenize_with_offsets,
 )
 
-DEV = REPO.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
-needs_dev = pytest.mark.skipif(not DEV.is_file(), reason=f"{DEV} not present")
+DEV = EMBEDDED_DEV
 
 
 def _squad_file(path, articles):
@@ -56,7 +55,6 @@ def test_answer_span_covers_stripped_answer_and_mid_token_answers_widen():
     assert answer_token_span(offsets, 11, " ") is None
 
 
-@needs_dev
 def test_offsets_reproduce_every_dev_answer():
     """All 34,726 answers of dev-v1.1: the covering tokens give back the answer text exactly, except
     the 76 answers that start or end inside a token, where they give a superset containing it."""
@@ -120,6 +118,11 @@ def test_missing_and_damaged_files_are_clear_errors(tmp_path):
         read_squad_json(tmp_path / "t.json.gz")
     with pytest.raises(UserError, match="needs data.validation_file"):
         load_squad("local")
+
+
+def test_embedded_source_refuses_a_second_dev_file(tmp_path):
+    with pytest.raises(UserError, match=r"data\.source=embedded .* cannot take data\.validation_file"):
+        load_squad("embedded", validation_file=str(tmp_path / "dev.json"))
 
 
 def test_hub_source_offline_is_a_clear_error(monkeypatch):

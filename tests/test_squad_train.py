@@ -9,18 +9,17 @@ import pytest
 import torch
 from conftest import REPO
 
-from lightning_modules.squad_data import SquadDataModule, collate_squad, span_text
+from lightning_modules.squad_data import EMBEDDED_DEV, SquadDataModule, collate_squad, span_text
 from lightning_modules.squad_export import load_exported_bidaf
 from reproduce.train_squad import main as train_main
 
 CONFIGS = REPO / "reproduce" / "configs"
-DEV = REPO.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
+DEV = EMBEDDED_DEV
 TINY_DATA = [f"--data.validation_file={DEV}", "--data.source=local", "--data.dev_split_articles=2",
              "--data.max_train_questions=60", "--data.max_eval_questions=40", "--data.max_context_tokens=120",
              "--data.batch_size=20"]
 TINY = ["--trainer.max_epochs=2", "--model.word_dim=12", "--model.char_channels=6", "--model.hidden_size=8",
         "--wandb=disabled", "--trainer.enable_progress_bar=false", "--latency_questions=5", *TINY_DATA]
-needs_dev = pytest.mark.skipif(not DEV.is_file(), reason=f"{DEV} not present")
 
 
 # ---- the official v1.1 scoring, re-implemented plainly from its definition ---------------------
@@ -106,7 +105,6 @@ def finished_runs(tmp_path_factory):
     return runs
 
 
-@needs_dev
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dense", "l0"])
 def test_run_writes_result_predictions_and_an_export_that_reproduces_them(finished_runs, name):
@@ -155,7 +153,6 @@ def test_run_writes_result_predictions_and_an_export_that_reproduces_them(finish
     assert int(checkpoint["state_dict"]["ema_updates"]) == checkpoint["global_step"] > 0
 
 
-@needs_dev
 @pytest.mark.slow
 def test_rerun_of_a_finished_run_is_refused(finished_runs, capsys):
     code = train_main(["--config", str(CONFIGS / "squad_smoke_dense.yaml"), "--run_dir", str(finished_runs["dense"]),
@@ -163,7 +160,6 @@ def test_rerun_of_a_finished_run_is_refused(finished_runs, capsys):
     assert code == 2 and "already holds a finished run" in capsys.readouterr().err
 
 
-@needs_dev
 @pytest.mark.slow
 @pytest.mark.parametrize("config", sorted(CONFIGS.glob("squad_paper_*.yaml")), ids=lambda p: p.stem)
 def test_paper_configs_run_shrunk(tmp_path, config):
@@ -177,7 +173,6 @@ def test_paper_configs_run_shrunk(tmp_path, config):
     assert json.loads((tmp_path / "run" / "result.json").read_text())["config_path"] == str(config)
 
 
-@needs_dev
 @pytest.mark.slow
 def test_resume_continues_training_and_the_weight_average(tmp_path):
     """A run stopped after one epoch resumes from last.ckpt: the step count, the average's update
@@ -209,15 +204,18 @@ def _tiny_squad_json(path, answer_start=0):
 
 
 NOT_SQUAD = '{"data": 3}'
+LOCAL = "--data.source=local"  # the smoke config reads the embedded dev set; these cases bring their own file
 BAD_INPUTS = {
-    "missing file": (lambda t: [f"--data.validation_file={t}/missing.json"], "missing.json not found"),
-    "not SQuAD-shaped JSON": (lambda t: [f"--data.validation_file={_write(t / 'x.json', NOT_SQUAD)}"],
+    "missing file": (lambda t: [LOCAL, f"--data.validation_file={t}/missing.json"], "missing.json not found"),
+    "not SQuAD-shaped JSON": (lambda t: [LOCAL, f"--data.validation_file={_write(t / 'x.json', NOT_SQUAD)}"],
                               "is not SQuAD v1.1 JSON: the top level has no 'data' list"),
-    "GloVe of another size": (lambda t: [f"--data.validation_file={_tiny_squad_json(t / 's.json')}",
+    "GloVe of another size": (lambda t: [LOCAL, f"--data.validation_file={_tiny_squad_json(t / 's.json')}",
                                          f"--data.glove_path={_write(t / 'g.txt', 'tokyo 1 2 3')}"],
                               "has 3-d vectors but model.word_dim is 50; set model.word_dim=3"),
-    "every answer_start wrong": (lambda t: [f"--data.validation_file={_tiny_squad_json(t / 's.json', 4)}"],
+    "every answer_start wrong": (lambda t: [LOCAL, f"--data.validation_file={_tiny_squad_json(t / 's.json', 4)}"],
                                  "0 training and 0 evaluation questions are left"),
+    "a dev file beside the embedded one": (lambda t: [f"--data.validation_file={_tiny_squad_json(t / 's.json')}"],
+                                           "drop it, or use data.source=local"),
     "unknown key": (lambda t: ["--model.lamda=1e-6"], "lamda"),
     "negative lambda": (lambda t: ["--model.reg_lambda=-1"], "reg_lambda must be >= 0"),
 }

@@ -24,11 +24,10 @@ SHRINK_TARGETS = ["--model.target_neurons=[4,4]", "--model.prune_begin_step=0", 
                   "--model.prune_every=1"]
 SHRINK_SQUAD = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.accelerator=cpu",
                 "--model.word_dim=12", "--model.char_channels=6", "--model.hidden_size=8", "--wandb=disabled",
-                "--trainer.enable_progress_bar=false", "--latency_questions=5", "--data.source=local",
-                "--data.validation_file=../shared/data/squad/dev-v1.1.json.gz", "--data.dev_split_articles=2",
+                "--trainer.enable_progress_bar=false", "--latency_questions=5", "--data.source=embedded",
+                "--data.validation_file=null", "--data.dev_split_articles=2",
                 "--data.max_train_questions=60", "--data.max_eval_questions=40", "--data.max_context_tokens=120",
                 "--data.batch_size=20", "--data.glove_path=null"]
-SQUAD_DEV = REPO.parent / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
 SMOKE_CONFIG = "reproduce/configs/ptb_smoke_l0.yaml"
 
 
@@ -94,8 +93,6 @@ def test_every_sweep_file_validates_expands_and_its_first_run_trains(tmp_path, p
     names = sw.run_names(sweep, points)
     assert len(set(names)) == len(points) >= 4  # every study spans at least 4 settings
     squad = sweep.config["program"] == "reproduce.train_squad"
-    if squad and not SQUAD_DEV.is_file():
-        pytest.skip(f"{SQUAD_DEV} not present")
     shrink = SHRINK_SQUAD if squad else SHRINK
     cmd = [*sw.build_command(sweep, points[0]), f"--run_dir={tmp_path / names[0]}", *shrink]
     if "model.target_neurons" in points[0]:
