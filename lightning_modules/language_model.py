@@ -42,6 +42,9 @@ class LSTMLanguageModel(nn.Module):
         out, state = self.rnn(emb, state)
         return self.decoder(out).transpose(0, 1), state
 
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return self.rnn.gate_parameters()
+
     def weight_parameters(self) -> list[nn.Parameter]:
         gates = {id(p) for p in self.rnn.gate_parameters()}
         return [p for p in self.parameters() if id(p) not in gates]

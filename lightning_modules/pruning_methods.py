@@ -38,7 +38,6 @@ from .structured_sparsity import (
 )
 
 METHODS = ("none", "l0", "group_lasso", "lasso", "magnitude")
-GATED_METHODS = ("l0",)  # the LSTM is built with hard concrete gates for these
 
 
 def prunable_units(model: nn.Module) -> list[ISSUnit]:
@@ -55,6 +54,10 @@ def _expected_l0(model: nn.Module, form: str) -> torch.Tensor:
 class PruningMethod(nn.Module):
     """Base: dense training. Subclasses override what they need. An nn.Module so that any
     state (magnitude masks) is saved in checkpoints with the model."""
+
+    gated = False  # the model gets hard concrete gates
+    zeroes_weights = False  # holds weights at exactly zero after each step (an average must keep them 0)
+    structured: bool | None = True  # removes whole neurons; None: the config says (magnitude)
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         """Per-token penalty added to the cross-entropy (None: no penalty)."""
@@ -77,6 +80,8 @@ class L0Gates(PruningMethod):
     freeze_epoch: from this (0-based) epoch on the gates stay at their test-time values, with no
     noise and no penalty, and the weights train on ("select, then fine-tune"): the noise-free
     phase that magnitude pruning gets after its last pruning step."""
+
+    gated = True
 
     def __init__(self, reg_lambda: float, form: str, freeze_epoch: int | None = None) -> None:
         super().__init__()
@@ -108,6 +113,8 @@ class _Thresholded(PruningMethod):
     default (threshold None) is 1e-4 for group Lasso and max(1e-4, 2 * reg_lambda * num_steps) for
     Lasso (reg_lambda is per token here; the per-segment scale is reg_lambda * num_steps).
     """
+
+    zeroes_weights = True
 
     def __init__(self, reg_lambda: float, threshold: float | None) -> None:
         super().__init__()
@@ -154,6 +161,8 @@ class GroupLasso(_Thresholded):
 
 
 class Lasso(_Thresholded):
+    structured = False
+
     def l1_scale(self) -> float:
         return self.reg_lambda
 
@@ -175,6 +184,9 @@ class Magnitude(PruningMethod):
     Masks are updated every `prune_every` steps between begin and end, and re-applied
     after every step.
     """
+
+    zeroes_weights = True
+    structured = None
 
     def __init__(self, model: nn.Module, structured: bool, target_sparsity: float | None,
                  target_neurons: list[int] | None, begin_step: int, end_step: int, every: int) -> None:
@@ -246,6 +258,38 @@ class Magnitude(PruningMethod):
         if step >= self.begin and (step - self.begin) % self.every == 0 and step <= self.end + self.every:
             self.update_masks(model, min(step, self.end))
         self.apply_masks(model)
+
+
+_CLASSES = {"none": PruningMethod, "l0": L0Gates, "group_lasso": GroupLasso, "lasso": Lasso,
+            "magnitude": Magnitude}
+GATED_METHODS = tuple(name for name, cls in _CLASSES.items() if cls.gated)  # built with gates
+_LABELS = {"none": "dense", "l0": "L0", "group_lasso": "ISS group Lasso", "lasso": "Lasso",
+           "magnitude": "magnitude"}
+
+
+def method_properties(hparams: dict) -> dict:
+    """What a run's method is, for result.json and everything that reads it (tables, plots), so
+    that no reader branches on a method name:
+      label           a display name: the method, "direct design" for a dense model trained at
+                      another run's sizes, "(fine-tuned)" when it started from a trained run
+      gated           the model has hard concrete gates
+      zeroes_weights  the method holds weights at exactly zero (thresholding, masks)
+      structured      what it removes is whole neurons (else single weights)
+      fine_tuned      it started from a finished run's weights (init_from)
+    """
+    method = hparams["method"]
+    if method not in METHODS:
+        raise UserError(f"unknown pruning method {method!r}; use one of {', '.join(METHODS)}")
+    cls = _CLASSES[method]
+    structured = bool(hparams.get("structured", True)) if cls.structured is None else cls.structured
+    label = _LABELS[method]
+    if method == "none" and hparams.get("sizes_from"):
+        label = "direct design"
+    elif cls.structured is None:
+        label = f"{'structured' if structured else 'unstructured'} {label}"
+    fine_tuned = bool(hparams.get("init_from"))
+    return {"label": label + (" (fine-tuned)" if fine_tuned else ""), "gated": cls.gated,
+            "zeroes_weights": cls.zeroes_weights, "structured": structured, "fine_tuned": fine_tuned}
 
 
 def build_pruning_method(method: str, model: nn.Module, *, reg_lambda: float, l0_penalty: str,

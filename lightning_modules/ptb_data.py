@@ -22,9 +22,10 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from .errors import UserError
+from .resumable import ResumableSampler
 
 EMBEDDED_DIR = Path(__file__).parent / "data" / "ptb"
 SPLITS = {"train": "train", "validation": "valid", "test": "test"}
@@ -139,21 +140,6 @@ class LMWindows(Dataset):
         return self.rows[:, s: s + self.num_steps], self.rows[:, s + 1: s + 1 + self.num_steps]
 
 
-class ResumableSequence(Sampler):
-    """0, 1, ..., n-1 in order; after `start = k` the next pass alone begins at k."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.start = 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        start, self.start = self.start, 0
-        return iter(range(start, self.n))
-
-
 class PTBDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -186,7 +172,7 @@ class PTBDataModule(L.LightningDataModule):
             raise UserError(f"data.train_tokens must be at least 2, got {train_tokens}")
         self.save_hyperparameters()
         self._ids: dict[str, torch.Tensor] | None = None
-        self._train_sampler = ResumableSequence()
+        self._train_sampler = ResumableSampler()  # in order: the hidden state carries across windows
         self._vocab: list[str] | None = None
 
     def _load(self) -> None:
@@ -228,9 +214,9 @@ class PTBDataModule(L.LightningDataModule):
 
     def resume_train_at(self, window: int) -> None:
         """The next pass over the training windows starts at `window` (a run resumed mid-epoch)."""
-        self._train_sampler.start = window
+        self._train_sampler.resume_at(window)
 
-    def _loader(self, split: str, batch_size: int, sampler: ResumableSequence | None = None) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, sampler: ResumableSampler | None = None) -> DataLoader:
         windows = LMWindows(self.token_ids(split), batch_size, self.hparams.num_steps)
         if sampler is not None:
             sampler.n = len(windows)

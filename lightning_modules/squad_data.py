@@ -34,6 +34,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
 import sys
 import warnings
@@ -47,6 +48,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import UserError
+from .resumable import ResumableSampler
 
 TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1 of both vocabularies
@@ -296,6 +298,7 @@ class SquadDataModule(L.LightningDataModule):
         glove_path: str | None = None,
         batch_size: int = 60,
         eval_batch_size: int = 100,
+        shuffle_seed: int | None = None,
         cache_dir: str | None = None,
     ) -> None:
         """
@@ -316,6 +319,9 @@ class SquadDataModule(L.LightningDataModule):
                 split that GloVe knows join the vocabulary; their vectors stay fixed in training.
                 Without it the word embeddings are random and trainable.
             batch_size, eval_batch_size: questions per batch (BiDAF: 60).
+            shuffle_seed: the training questions come in a new order every epoch, a function of
+                (shuffle_seed, epoch) alone, so that a run resumed mid-epoch sees the same
+                batches (default: the run's seed_everything).
         """
         super().__init__()
         for name, value in (("max_context_tokens", max_context_tokens), ("max_question_tokens", max_question_tokens),
@@ -328,7 +334,10 @@ class SquadDataModule(L.LightningDataModule):
                             ("max_eval_questions", max_eval_questions)):
             if value is not None and value < 1:
                 raise UserError(f"data.{name} must be at least 1 (or null), got {value}")
+        if shuffle_seed is not None and shuffle_seed < 0:
+            raise UserError(f"data.shuffle_seed must be >= 0 (or null), got {shuffle_seed}")
         self.save_hyperparameters()
+        self._train_sampler = ResumableSampler(shuffle=True)
         self._ready = False
         self.stats: dict = {}
 
@@ -457,10 +466,22 @@ class SquadDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._prepare()
 
+    def resume_train_at(self, batches: int) -> None:
+        """The next pass over the training set starts after its first `batches` batches (a run
+        resumed mid-epoch)."""
+        self._train_sampler.resume_at(batches * self.hparams.batch_size)
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
-                          collate_fn=collate_squad)
+        hp = self.hparams
+        self._train_sampler.n = len(self.train_set)
+        # seed_everything (LightningCLI) sets PL_GLOBAL_SEED before the data module is built
+        self._train_sampler.seed = hp.shuffle_seed if hp.shuffle_seed is not None else int(
+            os.environ.get("PL_GLOBAL_SEED", 0))
+        # private generators: iterating must not draw from the global RNG (the gates' noise and
+        # dropout), which a resumed run restores as it stood at the checkpoint
+        return DataLoader(self.train_set, batch_size=hp.batch_size, sampler=self._train_sampler,
+                          collate_fn=collate_squad, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.eval_set, batch_size=self.hparams.eval_batch_size, shuffle=False,
-                          collate_fn=collate_squad)
+                          collate_fn=collate_squad, generator=torch.Generator())

@@ -4,7 +4,7 @@ Objective per question: cross-entropy of the start token + cross-entropy of the 
 (averaged over the batch), + reg_lambda * penalty. With L0 the penalty is the expected number
 of non-zero LSTM weights of all eight LSTMs (`BiDAF.expected_l0`), so reg_lambda is "nats of
 per-question loss per expected non-zero weight". The Lasso-type methods threshold after every
-step with max(1e-4, 2 * reg_lambda) unless zero_threshold is given.
+step by the iss-rnns rule (pruning_methods.py) unless zero_threshold is given.
 
 Evaluation uses an exponential moving average of the weights (BiDAF: decay 0.999), kept in
 `ema_model`, a copy of the model that is checkpointed with it. The decay ramps up as in
@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import copy
 import sys
-import time
 from typing import Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
@@ -35,18 +33,13 @@ from torchmetrics.text import SQuAD
 
 from .bidaf import LSTM_NAMES, BiDAF, bidaf_size, decode_spans
 from .errors import UserError
-from .gated_lstm import GateConfig
-from .hard_concrete import LOUIZOS_LOG_ALPHA_RANGE
-from .optim import GATE_UPDATES, clip_, clipped_parameters, optimizer_groups
-from .pruning_methods import GATED_METHODS, build_pruning_method
 from .squad_data import span_text
 from .squad_export import neurons_kept
 from .structured_sparsity import lstm_weight_matrices
+from .task_base import PrunedTask, load_metric_state, metric_state
 
-ZEROING_METHODS = ("group_lasso", "lasso", "magnitude")
 
-
-class SquadTask(L.LightningModule):
+class SquadTask(PrunedTask):
     def __init__(
         self,
         word_vocab_size: int = 2,
@@ -59,30 +52,12 @@ class SquadTask(L.LightningModule):
         highway_layers: int = 2,
         dropout: float = 0.2,
         max_answer_tokens: int = 30,
-        method: Literal["none", "l0", "group_lasso", "lasso", "magnitude"] = "l0",
-        reg_lambda: float = 0.0,
-        l0_penalty: Literal["weights", "neurons"] = "weights",
         prune_contextual: bool = True,
-        zero_threshold: float | None = None,
-        structured: bool = True,
-        target_sparsity: float | None = None,
-        target_neurons: list[int] | None = None,
-        prune_begin_step: int = 0,
-        prune_end_step: int = 1000,
-        prune_every: int = 100,
-        gate_beta: float = 2.0 / 3.0,
-        gate_gamma: float = -0.1,
-        gate_zeta: float = 1.1,
-        log_alpha_init_mean: float = 1.0,
-        log_alpha_init_std: float = 0.1,
-        log_alpha_range: tuple[float, float] | None = LOUIZOS_LOG_ALPHA_RANGE,
-        gates_freeze_epoch: int | None = None,
-        gate_update: Literal["with_weights", "adam", "unclipped"] = "with_weights",
         optimizer: Literal["adam", "adadelta"] = "adam",
         lr: float = 0.001,
-        gate_lr: float | None = None,
         ema_decay: float | None = 0.999,
         max_grad_norm: float | None = None,
+        **kwargs,
     ) -> None:
         """
         Args:
@@ -91,45 +66,29 @@ class SquadTask(L.LightningModule):
             char_dim, char_channels, char_kernel: char CNN (BiDAF: 8, 100, 5).
             hidden_size: of every LSTM direction (BiDAF: 100).
             max_answer_tokens: longest span decoding may return.
-            method, reg_lambda, l0_penalty, zero_threshold, structured, target_sparsity,
-                target_neurons, prune_*: see pruning_methods.py; target_neurons gives one count
-                per pruned LSTM in LSTM_NAMES order (6 without the contextual one, else 8).
-            prune_contextual: prune the contextual BiLSTM too (iss-rnns did not).
-            optimizer, lr: adam 0.001 (the BiDAF code's default) or adadelta 0.5 (the paper's).
-            log_alpha_range, gates_freeze_epoch, gate_update: as the language model's
-                (lightning_modules/lm_task.py, optim.py); gate_update=adam needs optimizer=adam.
-            gate_lr: learning rate of the gates' log_alpha (default: lr).
+            prune_contextual: prune the contextual BiLSTM too (iss-rnns did not). target_neurons
+                gives one count per pruned LSTM in LSTM_NAMES order (6 without it, else 8).
+            optimizer, lr: adam 0.001 (the BiDAF code's default) or adadelta 0.5 (the paper's);
+                gate_update=adam needs optimizer=adam.
             ema_decay: moving average of the weights used for evaluation and export (None: off).
-            max_grad_norm: global-norm clip of the gradients (None: no clipping, as BiDAF; which
-                ones: gate_update).
+            max_grad_norm: global-norm clip of the gradients (None: no clipping, as BiDAF).
+            **kwargs: the pruning method, the gates and their optimisation: see
+                lightning_modules/task_base.py (PrunedTask).
         """
-        super().__init__()
-        if reg_lambda < 0:
-            raise UserError(f"model.reg_lambda must be >= 0, got {reg_lambda}")
+        super().__init__(lr=lr, max_grad_norm=max_grad_norm, **kwargs)
         if not 0.0 <= dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), got {dropout}")
-        if lr <= 0 or (gate_lr is not None and gate_lr <= 0):
-            raise UserError("model.lr and model.gate_lr must be > 0")
-        if gate_update not in GATE_UPDATES:
-            raise UserError(f"model.gate_update must be one of {', '.join(GATE_UPDATES)}, got {gate_update!r}")
-        if gate_update == "adam" and optimizer != "adam":
+        if self.hparams.gate_update == "adam" and optimizer != "adam":
             raise UserError("model.gate_update=adam needs model.optimizer=adam (one optimiser holds both)")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise UserError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
         if min(word_dim, char_dim, char_channels, char_kernel, hidden_size, max_answer_tokens) < 1:
             raise UserError("model sizes (word_dim, char_dim, char_channels, char_kernel, hidden_size) and "
                             "max_answer_tokens must be positive")
-        self.save_hyperparameters()
-        gate_config = GateConfig(gate_beta, gate_gamma, gate_zeta, log_alpha_init_mean, log_alpha_init_std,
-                                 log_alpha_range)
         self.model = BiDAF(word_vocab_size, char_vocab_size, word_dim, char_dim, char_channels, char_kernel,
-                           hidden_size, highway_layers, dropout, gated=method in GATED_METHODS,
-                           prune_contextual=prune_contextual, gate_config=gate_config)
-        self.pruning = build_pruning_method(
-            method, self.model, reg_lambda=reg_lambda, l0_penalty=l0_penalty, zero_threshold=zero_threshold,
-            input_groups=False, structured=structured, target_sparsity=target_sparsity,
-            target_neurons=target_neurons, prune_begin_step=prune_begin_step, prune_end_step=prune_end_step,
-            prune_every=prune_every, gates_freeze_epoch=gates_freeze_epoch)
+                           hidden_size, highway_layers, dropout, gated=self.gated,
+                           prune_contextual=prune_contextual, gate_config=self.gate_config())
+        self.pruning = self.build_pruning(self.model)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if ema_decay else None
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.squad = SQuAD()
@@ -137,8 +96,6 @@ class SquadTask(L.LightningModule):
         self.predictions: dict[str, str] = {}
         self.word_vectors_note = ""
         self._frozen_rows_hooked = False
-        self.train_wall_time_s = 0.0
-        self._epoch_start = None
 
     @property
     def eval_model(self) -> BiDAF:
@@ -202,29 +159,12 @@ class SquadTask(L.LightningModule):
     def training_step(self, batch, batch_idx):
         start, end = self.model(batch)
         loss = F.cross_entropy(start, batch["start"]) + F.cross_entropy(end, batch["end"])
-        objective = loss
-        penalty = self.pruning.penalty(self.model)
-        if penalty is not None:
-            objective = loss + penalty
-            self.log("train/penalty", penalty, on_step=True, on_epoch=True, batch_size=len(batch["id"]))
-        if not torch.isfinite(objective):
-            raise UserError(f"the training loss became {objective.item()} at step {self.global_step}; "
-                            "lower model.lr or model.reg_lambda")
+        objective = self.objective(loss, len(batch["id"]))
         self.train_loss.update(loss.detach(), weight=len(batch["id"]))
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["id"]))
         return objective
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        clip_(clipped_parameters(self.model.weight_parameters(), self.model.gate_parameters(),
-                                 self.hparams.gate_update), self.hparams.max_grad_norm)
-
-    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        # Thresholding, masks and the weight average belong to the step itself: Lightning runs the
-        # callbacks' on_train_batch_end (which write step checkpoints) before the module's, so a
-        # checkpoint must already hold them. The loss is per question (num_steps=1); Lightning
-        # counts this step (global_step + 1) once this hook returns.
-        self.pruning.after_optimizer_step(self.model, self.global_step + 1, 1)
+    def after_step(self, batch_idx: int) -> None:
         self._update_average()
 
     @torch.no_grad()
@@ -233,7 +173,7 @@ class SquadTask(L.LightningModule):
             return
         t = int(self.ema_updates)
         decay = min(self.hparams.ema_decay, (1 + t) / (10 + t))
-        keep_zeros = self.hparams.method in ZEROING_METHODS
+        keep_zeros = self.pruning.zeroes_weights
         for avg, p in zip(self.ema_model.parameters(), self.model.parameters()):
             avg.lerp_(p, 1.0 - decay)
             if keep_zeros:
@@ -263,13 +203,8 @@ class SquadTask(L.LightningModule):
         self.log_dict({"em": scores["exact_match"], "f1": scores["f1"]}, prog_bar=True)
         self.squad.reset()
 
-    def on_train_epoch_start(self) -> None:
-        self.pruning.on_train_epoch_start(self.model, self.current_epoch)
-        self._epoch_start = time.perf_counter()
-
     def on_train_epoch_end(self) -> None:
-        if self._epoch_start is not None:
-            self.train_wall_time_s += time.perf_counter() - self._epoch_start
+        super().on_train_epoch_end()
         if self.train_loss.update_count:
             self.log("train_loss_epoch", self.train_loss.compute())
         self.train_loss.reset()
@@ -280,21 +215,23 @@ class SquadTask(L.LightningModule):
             metrics[f"kept/{name}"] = float(kept["hidden"])
         self.log_dict(metrics)
 
+    # ---- exact resume -------------------------------------------------------------------
+
+    # beyond the base class's (the next batch, the RNG, the penalty's mean): the running train loss
+    def resume_extras(self) -> dict:
+        return {"train_loss": metric_state(self.train_loss)}
+
+    def apply_resume_extras(self, saved: dict) -> None:
+        if saved.get("train_loss") is not None:
+            load_metric_state(self.train_loss, saved["train_loss"])
+
     # ---- optimisation -------------------------------------------------------------------
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = optimizer_groups(self.model.weight_parameters(), self.model.gate_parameters(),
-                                  lr=hp.lr, gate_update=hp.gate_update, gate_lr=hp.gate_lr)
+        groups = self.optimizer_groups()
         for group in groups:  # torch's own optimisers: Adam or Adadelta for every group
             del group["algorithm"], group["scheduled"]
         if hp.optimizer == "adadelta":
             return torch.optim.Adadelta(groups, lr=hp.lr)
         return torch.optim.Adam(groups, lr=hp.lr)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["train_wall_time_s"] = self.train_wall_time_s
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.train_wall_time_s = float(checkpoint.get("train_wall_time_s", 0.0))
-

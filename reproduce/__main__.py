@@ -2,6 +2,7 @@
 
   profile DATASET --profile P   every run of a profile, then speed, tables and plots
   table DATASET                 reported-vs-reproduced tables (Markdown + CSV) and plots
+  record RUN_DIR... --to DIR    copy finished runs' record files (no weights) to commit them
   speed                         measured inference speedup of exports, or of plain sizes
   sweep sweeps/FILE.yaml        a W&B sweep file run locally (offline), resumable
   bench                         GatedLSTM vs nn.LSTM training-step overhead
@@ -20,7 +21,8 @@ from .user_errors import report_user_errors
 # command -> (module in this package, one-line help)
 COMMANDS = {
     "profile": ("profiles", "run a profile's experiments (finished ones skipped), then speed, tables, plots"),
-    "table": ("tables", "reported-vs-reproduced tables and plots from run dirs (or a W&B project)"),
+    "table": ("table_command", "reported-vs-reproduced tables and plots from run dirs, records or a W&B project"),
+    "record": ("records", "copy finished runs' result, config, metrics and speed files (no weights) to commit"),
     "speed": ("speed", "inference latency of pruned exports or plain sizes: torch eager and ONNX Runtime"),
     "sweep": ("sweep", "run a W&B sweep YAML locally, offline, skipping finished runs"),
     "bench": ("bench", "training-step overhead of GatedLSTM against nn.LSTM"),

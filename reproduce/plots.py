@@ -1,39 +1,36 @@
-"""Plots next to the tables (matplotlib PNG, Agg), written by `python -m reproduce table`.
+"""Plots of a set of runs (matplotlib PNG, Agg), rendered from the records of reproduce/runs.py.
 
-- pareto_neurons.png: test perplexity (SQuAD: F1) against the hidden neurons kept, one
-  curve per method (its Pareto front), one panel per model scale; the dense model as a line.
+- pareto_flops.png: test perplexity (SQuAD: F1) against the FLOPs per token (per question) of
+  the pruned model, one front per method label, one panel per model scale.
 - pareto_latency.png: the same against the measured latency (the pruned model's ms per time
   step, batch 1, PyTorch, from speed.json); skipped with a note when no run was measured.
+- pareto_neurons.png: the same against the hidden neurons kept.
 - gate_open_<run>.png: P(z != 0) of every input and hidden gate over training, one heatmap per
-  layer and gate kind, for each run with a gate_history.jsonl (the L0 runs).
+  layer and gate kind, for each run with a gate_history.jsonl (the gated runs).
+
+A front joins the runs of one label that no other run of that label beats with fewer-or-equal
+x; dominated runs are drawn hollow, so every run stays visible. The dense reference is a
+dashed horizontal line.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import re
+import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from lightning_modules.atomic import atomic_write_bytes
-from lightning_modules.run_dir import GATE_HISTORY_FILE
 
-from .tables import (
-    METHOD_NAMES,
-    METHOD_ORDER,
-    Run,
-    collect_runs,
-    method_key,
-    original_hidden,
-    run_speed,
-    scale_and_section,
-)
+from .runs import Run, flops_after, flops_before, gate_history, is_reference, method_rank, scale_and_section
 
 # metric, axis label, lower is better
 PLOT_METRIC = {"ptb": ("test_ppl", "test perplexity (per word)", True), "squad": ("f1", "F1 on SQuAD dev (%)", False)}
-STYLE = {"none": ("black", "s"), "l0": ("tab:red", "o"), "group_lasso": ("tab:blue", "^"),
-         "lasso": ("tab:green", "v"), "magnitude": ("tab:purple", "D"), "direct": ("tab:orange", "P")}
+COLORS = ("black", "tab:red", "tab:blue", "tab:purple", "tab:green", "tab:orange", "tab:brown", "tab:pink",
+          "tab:olive", "tab:cyan", "tab:gray")
+MARKERS = ("s", "o", "^", "D", "v", "P", "X", "<", ">", "*", "h")
 
 
 def _figure(**kwargs):
@@ -63,18 +60,38 @@ def pareto_front(points: list[tuple[float, float]], lower_is_better: bool) -> li
     return front
 
 
-def _points(dataset: str, runs: list[Run], x_of) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """{section: {method: [(x, metric), ...]}}, one point per run that has both values."""
+class Styles:
+    """One colour and marker per method label, the same in every plot of one output folder; labels
+    in reading order (runs.method_rank). A fine-tuned label's front is dashed."""
+
+    def __init__(self, runs: list[Run]) -> None:
+        first: dict[str, Run] = {}
+        for run in sorted(runs, key=method_rank):
+            first.setdefault(run.label, run)
+        self.order = list(first)
+        self.reference = {label for label, run in first.items() if is_reference(run)}
+        self.fine_tuned = {label for label, run in first.items() if run.properties.get("fine_tuned")}
+
+    def of(self, label: str) -> tuple[str, str, str]:
+        i = self.order.index(label)
+        return COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)], "--" if label in self.fine_tuned else "-"
+
+
+Panels = dict[str, dict[str, list[tuple[float, float]]]]
+
+
+def _points(dataset: str, runs: list[Run], x_of: Callable[[Run], float | None]) -> Panels:
+    """{section: {label: [(x, metric), ...]}}, one point per run that has both values."""
     metric = PLOT_METRIC[dataset][0]
     panels: dict[str, dict[str, list]] = {}
     sizes = {}
     for run in runs:
         x, y = x_of(run), (run.result.get("metrics") or {}).get(metric)
-        if x is None or not isinstance(y, (int, float)):
+        if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
             continue
-        _, section, size = scale_and_section(dataset, run.result)
+        _, section, size = scale_and_section(dataset, run)
         sizes[section] = size
-        panels.setdefault(section, {}).setdefault(method_key(run.result), []).append((float(x), float(y)))
+        panels.setdefault(section, {}).setdefault(run.label, []).append((float(x), float(y)))
     return {s: panels[s] for s in sorted(panels, key=lambda s: (sizes[s], s))}
 
 
@@ -92,58 +109,75 @@ def _log_scale_if_wide(ax, which: str, values: list[float]) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _all_neurons(dataset: str, runs: list[Run]) -> dict[str, tuple[int, str]]:
-    """{section: (hidden neurons of the unpruned model, label)}, the right end of the neurons axis."""
-    out = {}
+def _by_section(dataset: str, runs: list[Run], value: Callable[[Run], float | None]) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = {}
     for run in runs:
-        hidden = original_hidden(run.result)
-        if hidden:
-            out[scale_and_section(dataset, run.result)[1]] = (sum(hidden), f"unpruned ({sum(hidden)} neurons)")
-    return out
+        v = value(run)
+        if isinstance(v, (int, float)):
+            found.setdefault(scale_and_section(dataset, run)[1], []).append(float(v))
+    return found
+
+
+def _unpruned_neurons(dataset: str, runs: list[Run]) -> dict[str, tuple[float, str]]:
+    """{section: (hidden neurons of the unpruned model, label)}, the right end of the neurons axis."""
+    found = _by_section(dataset, runs, lambda r: sum(r.original_hidden) if r.original_hidden else None)
+    return {s: (max(v), f"unpruned ({max(v):.0f} neurons)") for s, v in found.items()}
+
+
+def _unpruned_flops(dataset: str, runs: list[Run]) -> dict[str, tuple[float, str]]:
+    # the largest model of a section is the unpruned one (a direct design starts small)
+    found = _by_section(dataset, runs, flops_before)
+    return {s: (max(v), f"unpruned ({_si(max(v))})") for s, v in found.items()}
+
+
+def _si(value: float) -> str:
+    """300k, 5.3M: as the FLOPs axis writes its ticks."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
 
 
 def _dense_latency(dataset: str, runs: list[Run]) -> dict[str, tuple[float, str]]:
     """{section: (median latency of the dense model, label)}: every speed.json times the dense model
     beside the pruned one, so the dense reference exists even without a speed.json of its own."""
-    import statistics
-
-    found: dict[str, list[float]] = {}
-    for run in runs:
-        dense = (run_speed(run)[0] or {}).get("dense_latency_b1_ms")
-        if dense is not None:
-            found.setdefault(scale_and_section(dataset, run.result)[1], []).append(dense)
+    found = _by_section(dataset, runs, lambda r: (r.speed or {}).get("dense_latency_b1_ms"))
     return {s: (statistics.median(v), f"dense model ({statistics.median(v):.3g} ms)") for s, v in found.items()}
 
 
-def _pareto_plot(dataset: str, panels: dict, xlabel: str, title: str, log_x: bool, path: Path,
-                 reference_x: dict[str, tuple[float, str]] | None = None) -> Path:
+def pareto_figure(dataset: str, panels: Panels, styles: Styles, xlabel: str, title: str,
+                  reference_x: dict[str, tuple[float, str]], engineering_x: bool = False):
+    """One panel per section: per label its front as a line, its dominated runs as hollow markers."""
     _, ylabel, lower = PLOT_METRIC[dataset]
     fig = _figure(figsize=(5.2 * len(panels) + 1.0, 4.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (section, methods) in zip(axes, panels.items()):
-        ys = [y for pts in methods.values() for _, y in pts]
-        for method in sorted(methods, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
-            color, marker = STYLE.get(method, ("tab:gray", "x"))
-            pts = methods[method]
-            name = METHOD_NAMES.get(method, method)
-            if method == "none":  # the reference every pruned model is judged against
-                mean_y = sum(y for _, y in pts) / len(pts)
-                ax.axhline(mean_y, color=color, linestyle="--", linewidth=1, label=f"{name} ({mean_y:.1f})")
+    for ax, (section, labels) in zip(axes, panels.items()):
+        ys = [y for pts in labels.values() for _, y in pts]
+        xs = [x for pts in labels.values() for x, _ in pts]
+        for label in sorted(labels, key=styles.order.index):
+            color, marker, linestyle = styles.of(label)
+            pts = labels[label]
+            n_runs = f"{len(pts)} run{'s' * (len(pts) > 1)}"
+            if label in styles.reference:  # the line every pruned model is judged against
+                mean_y = statistics.fmean(y for _, y in pts)
+                ax.axhline(mean_y, color=color, linestyle="--", linewidth=1, label=f"{label} ({mean_y:.1f})")
                 ax.scatter(*zip(*pts), color=color, marker=marker, zorder=3)
                 continue
             front = pareto_front(pts, lower)
-            ax.plot(*zip(*front), color=color, marker=marker, label=f"{name} ({len(pts)} run{'s' * (len(pts) > 1)})")
+            ax.plot(*zip(*front), color=color, marker=marker, linestyle=linestyle, label=f"{label} ({n_runs})")
             rest = [p for p in pts if p not in front]
-            if rest:  # dominated runs: hollow markers, so every run stays visible
+            if rest:
                 ax.scatter(*zip(*rest), facecolors="none", edgecolors=color, marker=marker)
-        xs = [x for pts in methods.values() for x, _ in pts]
-        if section in (reference_x or {}):
+        if section in reference_x:
             x, text = reference_x[section]
             ax.axvline(x, color="gray", linestyle=":", linewidth=1, label=text)
             xs.append(x)
-        if log_x:
-            _log_scale_if_wide(ax, "x", xs)
+        _log_scale_if_wide(ax, "x", xs)
         _log_scale_if_wide(ax, "y", ys)
+        if engineering_x:  # FLOPs: 300k, 5.3M rather than 300000 or 3e+05
+            from matplotlib.ticker import EngFormatter
+
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.margins(x=0.06, y=0.1)  # no marker on the frame
         ax.set_title(f"{dataset.upper()} {section}")
         ax.set_xlabel(xlabel)
@@ -151,7 +185,7 @@ def _pareto_plot(dataset: str, panels: dict, xlabel: str, title: str, log_x: boo
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
 def _hidden_kept_total(run: Run) -> int | None:
@@ -159,25 +193,7 @@ def _hidden_kept_total(run: Run) -> int | None:
     return sum(hidden) if isinstance(hidden, list) and hidden else None
 
 
-def _latency(run: Run) -> float | None:
-    speed, _ = run_speed(run)
-    return (speed or {}).get("latency_b1_ms")
-
-
 # ---- gate history --------------------------------------------------------------------------
-
-def read_gate_history(path: Path) -> list[dict]:
-    """Lines of gate_history.jsonl, one per step (a resumed run repeats steps: the last line wins)."""
-    by_step = {}
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line cut short while training is still writing
-        if isinstance(entry, dict) and isinstance(entry.get("step"), int):
-            by_step[entry["step"]] = entry
-    return [by_step[s] for s in sorted(by_step)]
-
 
 def gate_plot(run: Run, history: list[dict], path: Path) -> Path:
     import numpy as np
@@ -219,8 +235,7 @@ def gate_plot(run: Run, history: list[dict], path: Path) -> Path:
         fig.colorbar(image, ax=axes.ravel().tolist(), label="P(z ≠ 0), gate open probability", shrink=0.9)
     lam = run.result.get("lambda")
     lam_text = f", λ = {lam:g}" if isinstance(lam, (int, float)) else ""
-    method = METHOD_NAMES.get(method_key(run.result), "?")
-    fig.suptitle(f"run {run.name}: gate-open probability per neuron over training ({method}{lam_text}; "
+    fig.suptitle(f"run {run.name}: gate-open probability per neuron over training ({run.label}{lam_text}; "
                  "'kept' = neurons left after export)")
     return _save(fig, path)
 
@@ -231,42 +246,40 @@ def _safe_name(name: str) -> str:
 
 # ---- entry point ---------------------------------------------------------------------------------
 
-def write_plots(dataset: str, runs_dir: Path, out_dir: Path | None = None, runs: list[Run] | None = None) -> list[Path]:
-    """Write the Pareto plots and the gate plots of the finished runs of runs_dir into out_dir.
-
-    `runs` (e.g. read from W&B by write_tables) replaces reading runs_dir.
-    """
-    runs_dir = Path(runs_dir)
-    out_dir = Path(out_dir) if out_dir is not None else runs_dir
-    if runs is None:
-        runs, _ = collect_runs(dataset, runs_dir)
-    written = []
-    panels = _points(dataset, runs, _hidden_kept_total)
-    if panels:
-        written.append(_pareto_plot(dataset, panels, "hidden neurons kept (sum over layers)",
-                                    "Accuracy against model size: each method's Pareto front",
-                                    False, out_dir / "pareto_neurons.png", _all_neurons(dataset, runs)))
+def write_plots(dataset: str, runs: list[Run], out_dir: Path) -> list[Path]:
+    """Write the Pareto plots and the gate plots of `runs` into out_dir; returns the files written."""
+    out_dir = Path(out_dir)
+    styles = Styles(runs)
+    flops = "FLOPs per question" if dataset == "squad" else "FLOPs per token"
     dense_ms = _dense_latency(dataset, runs)
 
     def latency(run: Run) -> float | None:
-        own = _latency(run)
-        if own is None and method_key(run.result) == "none":  # timed beside every pruned model
-            own = dense_ms.get(scale_and_section(dataset, run.result)[1], (None,))[0]
+        own = (run.speed or {}).get("latency_b1_ms")
+        if own is None and is_reference(run):  # timed beside every pruned model
+            own = dense_ms.get(scale_and_section(dataset, run)[1], (None,))[0]
         return own
 
-    panels = _points(dataset, runs, latency)
-    if panels:
-        written.append(_pareto_plot(dataset, panels, "latency, ms per time step (batch 1, PyTorch)",
-                                    "Accuracy against measured latency: each method's Pareto front",
-                                    True, out_dir / "pareto_latency.png", dense_ms))
-    else:
-        print("pareto_latency.png skipped: no run has a measured latency (speed.json; "
-              "run python -m reproduce speed first)", file=sys.stderr)
+    plots = [  # file, x of a run, x label, title, reference line, what is missing when no run has x, FLOPs
+        ("pareto_flops.png", flops_after, f"{flops} after pruning",
+         f"Accuracy against {flops}: each method's Pareto front", _unpruned_flops(dataset, runs),
+         "no run has flops_per_token in result.json", True),
+        ("pareto_latency.png", latency, "latency, ms per time step (batch 1, PyTorch)",
+         "Accuracy against measured latency: each method's Pareto front", dense_ms,
+         "no run has a measured latency (speed.json; run python -m reproduce speed first)", False),
+        ("pareto_neurons.png", _hidden_kept_total, "hidden neurons kept (sum over layers)",
+         "Accuracy against model size: each method's Pareto front", _unpruned_neurons(dataset, runs),
+         "no run has neurons_kept in result.json", False),
+    ]
+    written = []
+    for name, x_of, xlabel, title, reference, missing, engineering_x in plots:
+        panels = _points(dataset, runs, x_of)
+        if panels:
+            fig = pareto_figure(dataset, panels, styles, xlabel, title, reference, engineering_x)
+            written.append(_save(fig, out_dir / name))
+        else:
+            print(f"{name} skipped: {missing}", file=sys.stderr)
     for run in runs:
-        path = run.run_dir / GATE_HISTORY_FILE if run.run_dir else None
-        if path is None or not path.is_file():
-            continue
-        history = read_gate_history(path)
+        history = gate_history(run)
         if history:
             written.append(gate_plot(run, history, out_dir / f"gate_open_{_safe_name(run.name)}.png"))
     return written

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_modules.errors import UserError
+from lightning_modules.run_dir import RESULT_FILE
 
-from .run_queue import RESULT_FILE, Job, run_jobs
+from .report import write_report
+from .run_queue import Job, run_jobs
+from .speed import default_settings, measure_run_dirs
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -25,7 +28,8 @@ class PlannedRun:
     name: str
     config: str
     cpu_minutes: float  # expected on this project's 2-core reference machine, for the ETA
-    sizes_from: str | None = None  # direct design: the run of this profile whose kept sizes it trains
+    sizes_from: str | None = None  # direct design / magnitude: the run of this profile whose kept sizes it takes
+    init_from: str | None = None  # fine-tuning: the run of this profile whose trained weights it starts from
     module: str = "reproduce.train"  # the training entry point (SQuAD: reproduce.train_squad)
     args: tuple[str, ...] = ()  # overrides of the config (a second lambda of the same config)
 
@@ -43,6 +47,17 @@ def _ptb(scale: str, minutes: float, methods: list[str]) -> list[PlannedRun]:
             for m in methods]
 
 
+# lambdas of the small comparison; the first is the config's own (that run has the plain name)
+SMALL_L0_LAMBDAS = ("1e-6", "5e-7", "2e-6")
+SMALL_ISS_LAMBDAS = ("1e-4", "2e-4")
+
+
+def _lambdas(name: str, config: str, lambdas: tuple[str, ...], init_from: str | None = None) -> list[PlannedRun]:
+    return [PlannedRun(name if i == 0 else f"{name}_lambda{lam}", config, 80, init_from=init_from,
+                       args=() if i == 0 else (f"--model.reg_lambda={lam}",))
+            for i, lam in enumerate(lambdas)]
+
+
 def _squad(scale: str, minutes: float, methods: list[str]) -> list[PlannedRun]:
     return [PlannedRun(m, f"squad_{scale}_{m}.yaml", minutes, module="reproduce.train_squad") for m in methods]
 
@@ -53,16 +68,25 @@ PROFILES: dict[str, dict[str, Profile]] = {
         "smoke": Profile(_ptb("smoke", 1.5, ["l0", "dense", "group_lasso", "lasso", "magnitude", "direct"]),
                          workers=2, about="pipeline check, not the paper's numbers",
                          speed_args=("--quick", "--backends", "torch")),  # ONNX export is in the tests
-        "small": Profile([*_ptb("small", 80, ["dense", "l0", "group_lasso", "magnitude", "direct"]),
-                          # L0 at about ISS's size, and ISS's sizes trained densely from scratch
-                          PlannedRun("l0_lambda2e-8", "ptb_small_l0.yaml", 80, args=("--model.reg_lambda=2e-8",)),
-                          PlannedRun("direct_iss_sizes", "ptb_small_direct.yaml", 80, sizes_from="group_lasso")],
+        # In the order the runs are worth having: dense; L0 at three lambdas; ISS at two; both again
+        # fine-tuned from the dense run; magnitude pruning and the direct design at L0's sizes.
+        # The unnamed lambda of each method is its config's; the others are overrides.
+        "small": Profile([PlannedRun("dense", "ptb_small_dense.yaml", 80),
+                          *_lambdas("l0", "ptb_small_l0.yaml", SMALL_L0_LAMBDAS),
+                          *_lambdas("group_lasso", "ptb_small_group_lasso.yaml", SMALL_ISS_LAMBDAS),
+                          *_lambdas("l0_ft", "ptb_small_l0_finetune.yaml", SMALL_L0_LAMBDAS, init_from="dense"),
+                          *_lambdas("group_lasso_ft", "ptb_small_group_lasso_finetune.yaml", SMALL_ISS_LAMBDAS,
+                                    init_from="dense"),
+                          PlannedRun("magnitude", "ptb_small_magnitude.yaml", 80, sizes_from="l0"),
+                          PlannedRun("direct", "ptb_small_direct.yaml", 80, sizes_from="l0")],
                          workers=2, about="Zaremba small (2x200) on full PTB: the CPU-sized comparison"),
         "paper": Profile([PlannedRun("medium_dense", "ptb_medium_dense.yaml", 39 * 12),
                           PlannedRun("medium_l0", "ptb_medium_l0.yaml", 39 * 13),
                           PlannedRun("large_dense", "ptb_large_dense.yaml", 55 * 50),
                           PlannedRun("large_l0", "ptb_large_l0.yaml", 55 * 55),
                           PlannedRun("large_group_lasso", "ptb_large_group_lasso.yaml", 55 * 55),
+                          PlannedRun("large_group_lasso_ft", "ptb_large_group_lasso_finetune.yaml", 55 * 55,
+                                     init_from="large_dense"),
                           PlannedRun("large_direct", "ptb_large_direct.yaml", 55 * 15, sizes_from="large_l0")],
                          workers=1, about="Zaremba medium and large: GPU scale"),
     },
@@ -107,13 +131,18 @@ def profile_jobs(dataset: str, profile: str, out_root: Path, extra_args: list[st
         # recorded in result.json: keep it repo-relative when run from the repo root
         rel = os.path.relpath(config)
         cmd = [sys.executable, "-m", run.module, "--config", str(config) if rel.startswith("..") else rel,
-               "--run_dir", str(out_root / run.name), "--profile", profile, *run.args]
+               "--run_dir", str(out_root / run.name), "--profile", profile]
         waits = []
         if run.sizes_from:
             source = out_root / run.sizes_from / RESULT_FILE
             cmd.append(f"--model.sizes_from={source}")
             waits.append(source)
-        jobs.append(Job(run.name, [*cmd, *(extra_args or [])], out_root / run.name, run.cpu_minutes, waits))
+        if run.init_from:
+            cmd.append(f"--model.init_from={out_root / run.init_from}")
+            waits.append(out_root / run.init_from / RESULT_FILE)
+        # a run's own overrides come last but for the caller's: they win over the config
+        jobs.append(Job(run.name, [*cmd, *run.args, *(extra_args or [])], out_root / run.name, run.cpu_minutes,
+                        waits))
     return jobs
 
 
@@ -132,16 +161,11 @@ def run_profile(dataset: str, profile: str, results_root: str = "results", worke
 
 def analyse_runs(dataset: str, runs_dir: Path, speed_args: tuple[str, ...] = ()) -> None:
     """Measured speed of every finished export that has none yet, then tables and plots."""
-    from .plots import write_plots
-    from .speed import default_settings, measure_run_dirs
-    from .tables import write_tables
-
     if dataset == "ptb":  # a BiDAF run times its export against the dense model itself (batch 1)
         print(f"== speed of the exports under {runs_dir}", file=sys.stderr)
         measure_run_dirs(sorted(p.parent for p in runs_dir.glob(f"*/{RESULT_FILE}")),
                          default_settings(*speed_args))
-    write_tables(dataset, runs_dir)
-    write_plots(dataset, runs_dir)
+    write_report(dataset, runs_dir, echo=sys.stderr)
 
 
 def add_arguments(parser) -> None:

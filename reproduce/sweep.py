@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
 import os
 import random
@@ -33,7 +32,9 @@ from pathlib import Path
 
 from lightning_modules.errors import UserError
 
-from .run_queue import RESULT_FILE, Job, run_jobs
+from .report import write_report
+from .run_queue import Job, run_jobs
+from .runs import dataset_of
 
 # Top-level keys of the W&B sweep schema (it forbids any other).
 SWEEP_KEYS = {"program", "method", "parameters", "metric", "command", "name", "description", "project", "entity",
@@ -429,16 +430,7 @@ def run_sweep(path: str | Path, results: str | Path = "results", workers: int = 
 
 
 def write_sweep_tables(sweep_dir: Path) -> None:
-    from .plots import write_plots
-    from .tables import write_tables
-
-    first = next(iter(sorted(sweep_dir.glob(f"*/{RESULT_FILE}"))))
-    dataset = json.loads(first.read_text()).get("dataset", "ptb")
-    tables = write_tables(dataset, sweep_dir)
-    plots = write_plots(dataset, sweep_dir, runs=tables["runs"])
-    print(tables["markdown"].read_text(), file=sys.stderr)
-    for written in (tables["markdown"], tables["csv"], *plots):
-        print(f"wrote {written}", file=sys.stderr)
+    write_report(dataset_of(sweep_dir), sweep_dir, echo=sys.stderr)
 
 
 def add_arguments(parser) -> None:

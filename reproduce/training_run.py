@@ -199,9 +199,12 @@ def build_run_cli(task_cls, data_cls, args: list[str] | None, dataset: str,
 
 def result_header(cfg, hparams, commit: str | None, dataset: str, entry_point: str, args: list[str] | None) -> dict:
     """The fields every result.json starts with: what was trained, from which code and command."""
+    from lightning_modules.pruning_methods import method_properties
+
     config_files = [str(c) for c in (cfg.get("config") or [])]
     return {
         "method": hparams.method,
+        "method_properties": method_properties(dict(hparams)),
         "lambda": hparams.reg_lambda,
         "l0_penalty": hparams.l0_penalty if hparams.method == "l0" else None,
         "model_hparams": dict(hparams),
@@ -244,21 +247,27 @@ def fit_resumable(cli) -> Path:
         set_aside_metrics(run_dir)
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
-    except Preempted:
+    except Preempted as stop:
         trainer.loggers[0].save()  # the metrics so far; merged with the resumed run's at its end
-        _mark_wandb_preempting(trainer)
+        _mark_wandb_preempting(trainer, stop.signum)
         raise
     return run_dir
 
 
-def _mark_wandb_preempting(trainer) -> None:
+def _mark_wandb_preempting(trainer, signum: int) -> None:
     """Tell W&B the run was preempted: a sweep then hands the same run (same id, so the same run
-    dir under an agent, with its checkpoints) to the next agent instead of counting it as failed."""
+    dir under an agent, with its checkpoints) to the next agent instead of counting it as failed.
+
+    W&B requeues a run marked preempting only if the run ends with a non-zero exit code, and it
+    takes that code from the run, not the process: `sys.exit(main())` looked up sys.exit before
+    wandb hooked it, so the run would end as a success (0). Hence the explicit finish."""
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and not logger.experiment.offline:
-            logger.experiment.mark_preempting()
+        if isinstance(logger, WandbLogger):
+            if not logger.experiment.offline:
+                logger.experiment.mark_preempting()
+            logger.experiment.finish(exit_code=128 + signum)
 
 
 def run_main(train_fn, args: list[str] | None) -> int:

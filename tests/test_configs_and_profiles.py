@@ -26,6 +26,7 @@ def test_every_profile_config_exists():
             for run in spec.runs:
                 assert run.config in names
                 assert run.sizes_from is None or run.sizes_from in {r.name for r in spec.runs}
+                assert run.init_from is None or run.init_from in {r.name for r in spec.runs}
 
 
 @pytest.mark.slow
@@ -39,6 +40,10 @@ def test_config_runs_shrunk(tmp_path, config):
         source = tmp_path / "source_result.json"
         source.write_text(json.dumps({"neurons_kept": {"input": [8, 6], "hidden": [6, 5]}}))
         extra = [f"--model.sizes_from={source}"]
+    if "init_from:" in config.read_text():  # fine-tuning starts from a finished (shrunk) dense run
+        dense = REPO / "reproduce" / "configs" / "ptb_smoke_dense.yaml"
+        assert train_main(["--config", str(dense), "--run_dir", str(tmp_path / "dense"), *SHRINK]) == 0
+        extra.append(f"--model.init_from={tmp_path / 'dense'}")
     extra += next((v for k, v in SHRINK_TARGETS.items() if k in config.stem), [])
     assert train_main(["--config", str(config), "--run_dir", str(tmp_path / "run"), *SHRINK, *extra]) == 0
     result = json.loads((tmp_path / "run" / "result.json").read_text())
@@ -87,12 +92,25 @@ def test_profile_runs_only_unfinished_and_direct_design_after_its_source(tmp_pat
     assert started.index("direct") > started.index("l0")
 
 
-def test_small_profile_matches_l0_to_iss_both_ways():
+def test_small_profile_holds_the_whole_comparison():
+    """dense; L0 at 3 lambdas and ISS at 2, from scratch and fine-tuned from the dense run;
+    magnitude and the direct design at the L0 run's sizes."""
     root = Path("results/ptb/small")
     jobs = {j.name: j for j in profiles.profile_jobs("ptb", "small", root)}
-    assert jobs["l0_lambda2e-8"].cmd[-1] == "--model.reg_lambda=2e-8"  # the override comes last: it wins
-    assert jobs["direct_iss_sizes"].waits_for == [root / "group_lasso" / "result.json"]
-    assert f"--model.sizes_from={root / 'group_lasso' / 'result.json'}" in jobs["direct_iss_sizes"].cmd
+    lambdas = {name: next((a.split("=")[1] for a in j.cmd if a.startswith("--model.reg_lambda=")), "config")
+               for name, j in jobs.items()}
+    assert sum(n.startswith("l0") and "_ft" not in n for n in jobs) == 3
+    assert sum(n.startswith("l0_ft") for n in jobs) == 3
+    assert sum(n.startswith("group_lasso") and "_ft" not in n for n in jobs) == 2
+    assert sum(n.startswith("group_lasso_ft") for n in jobs) == 2
+    assert lambdas["l0_lambda5e-7"] == "5e-7" and lambdas["l0"] == "config"
+    assert jobs["l0_lambda5e-7"].cmd[-1] == "--model.reg_lambda=5e-7"  # the override comes last: it wins
+    for name in ("l0_ft", "l0_ft_lambda2e-6", "group_lasso_ft", "group_lasso_ft_lambda2e-4"):
+        assert f"--model.init_from={root / 'dense'}" in jobs[name].cmd
+        assert jobs[name].waits_for == [root / "dense" / "result.json"]
+    for name in ("magnitude", "direct"):
+        assert jobs[name].waits_for == [root / "l0" / "result.json"]
+    assert list(jobs)[0] == "dense"
 
 
 def test_auto_profile_without_gpu_says_so_and_runs_small(monkeypatch, capsys):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lightning_modules.gated_lstm import GatedLSTM
+from lightning_modules.gated_lstm import GateConfig, GatedLSTM
 
 
 def _randomise_gates(rnn, std=2.0):
@@ -30,10 +30,12 @@ def reference_forward(rnn: GatedLSTM, x, state):
     return x * z_hid[-1], new_state
 
 
+@pytest.mark.parametrize("inner_input_gates", [True, False])
 @pytest.mark.parametrize("train", [True, False])
-def test_fused_masked_path_matches_cell_loop(train):
+def test_fused_masked_path_matches_cell_loop(train, inner_input_gates):
     torch.manual_seed(0)
-    rnn = GatedLSTM(7, [9, 6, 5], dropout=0.0).double().train(train)
+    rnn = GatedLSTM(7, [9, 6, 5], dropout=0.0,
+                    gate_config=GateConfig(inner_input_gates=inner_input_gates)).double().train(train)
     _randomise_gates(rnn)
     x = torch.randn(8, 3, 7, dtype=torch.double)
     state = [(torch.randn(1, 3, h, dtype=torch.double), torch.randn(1, 3, h, dtype=torch.double))
@@ -93,9 +95,10 @@ def _nonzero_weights(rnn, z_in, z_hid):
     return total
 
 
-def test_expected_l0_matches_monte_carlo():
+@pytest.mark.parametrize("inner_input_gates", [True, False])
+def test_expected_l0_matches_monte_carlo(inner_input_gates):
     torch.manual_seed(0)
-    rnn = GatedLSTM(6, [8, 5, 4]).train()
+    rnn = GatedLSTM(6, [8, 5, 4], gate_config=GateConfig(inner_input_gates=inner_input_gates)).train()
     _randomise_gates(rnn, std=1.5)
     draws = 20000
     mc_weights = mc_neurons = 0.0
@@ -103,7 +106,8 @@ def test_expected_l0_matches_monte_carlo():
         for _ in range(draws):
             z_in, z_hid = rnn.gate_values()
             mc_weights += _nonzero_weights(rnn, z_in, z_hid)
-            mc_neurons += sum(int((z > 0).sum()) for z in [*z_in, *z_hid])
+            # only real gates count (inner_input_gates=False: inputs above layer 0 have none)
+            mc_neurons += sum(int((z > 0).sum()) for z in [*z_in[:len(rnn.input_gates)], *z_hid])
     expected = rnn.expected_l0("weights").item()
     assert abs(mc_weights / draws - expected) / expected < 0.01
     expected_n = rnn.expected_l0("neurons").item()

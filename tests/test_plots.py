@@ -1,10 +1,10 @@
-"""The plots next to the tables: Pareto fronts and the L0 gates over training."""
+"""The plots of a set of runs: Pareto fronts per method label, and the L0 gates over training."""
 
 import pytest
 from fixtures.run_dirs import gate_history_lines, make_runs, result, speed_json, write_run
 
-from reproduce.plots import pareto_front, read_gate_history, write_plots
-from reproduce.tables import Run
+from reproduce.plots import PLOT_METRIC, Styles, _points, pareto_figure, pareto_front, write_plots
+from reproduce.runs import flops_after, load_run_dirs, make_run, read_gate_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -16,17 +16,32 @@ def png_size(path) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
+def properties(label, gated=False, zeroes_weights=False, structured=True, fine_tuned=False) -> dict:
+    return {"label": label, "gated": gated, "zeroes_weights": zeroes_weights, "structured": structured,
+            "fine_tuned": fine_tuned}
+
+
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
     root = make_runs(tmp_path_factory.mktemp("runs"))
-    # a lambda sweep, so the L0 curve has a front and a dominated point
+    # a lambda sweep, so the L0 curve has a front and a dominated point (2e-7: more FLOPs, worse)
     for lam, kept, test, latency in ((3e-7, [80, 70], 121.0, 0.045), (1e-6, [50, 42], 135.0, 0.035),
                                      (2e-7, [95, 90], 125.0, 0.05)):
         write_run(root, f"l0_{lam:g}", result("l0", [200, 200], kept, test + 4, test, lam=lam),
                   speed=speed_json(0.093 / latency, 1.9, latency))
     write_run(root, "gl_small", result("group_lasso", [200, 200], [120, 90], 124.0, 120.0, lam=1e-4),
               speed=speed_json(1.5, 1.6, 0.06))
+    # the same method fine-tuned from a trained model: its own label, so its own front
+    for lam, kept, test in ((1e-7, [100, 90], 116.0), (3e-7, [70, 60], 119.0)):
+        res = result("l0", [200, 200], kept, test + 4, test, lam=lam, init_from="results/ptb/small/dense")
+        res["method_properties"] = properties("L0 (fine-tuned)", gated=True, fine_tuned=True)
+        write_run(root, f"l0_ft_{lam:g}", res, speed=speed_json(1.5, 1.7, 0.06))
     return root
+
+
+@pytest.fixture(scope="module")
+def runs(runs_dir):
+    return load_run_dirs(runs_dir)[0]
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -35,21 +50,46 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto_front(pts, lower_is_better=False) == [(1, 9.0)]
 
 
-def test_plots_are_written_as_png_images(runs_dir, tmp_path):
-    paths = write_plots("ptb", runs_dir, tmp_path)
+def test_plots_are_written_as_png_images(runs, tmp_path):
+    paths = write_plots("ptb", runs, tmp_path)
     names = {p.name for p in paths}
-    assert names == {"pareto_neurons.png", "pareto_latency.png", "gate_open_l0_s1.png"}
+    assert names == {"pareto_flops.png", "pareto_latency.png", "pareto_neurons.png", "gate_open_l0_s1.png"}
     for path in paths:
         width, height = png_size(path)
         assert width > 400 and height > 300 and path.stat().st_size > 10_000
     # two model scales in the runs: the Pareto plots get one panel each, side by side
-    assert png_size(tmp_path / "pareto_neurons.png")[0] > 1.5 * png_size(tmp_path / "pareto_neurons.png")[1]
+    assert png_size(tmp_path / "pareto_flops.png")[0] > 1.5 * png_size(tmp_path / "pareto_flops.png")[1]
+
+
+def test_one_front_per_label_and_every_run_drawn(runs):
+    panels = _points("ptb", runs, flops_after)
+    assert list(panels) == ["small (2x200)", "large (2x1500)"]
+    small = panels["small (2x200)"]
+    assert set(small) == {"dense", "L0", "L0 (fine-tuned)", "ISS group Lasso", "Lasso"}
+    assert len(small["L0"]) == 5 and len(small["L0 (fine-tuned)"]) == 2  # 2 seeds + 3 lambdas; 2 lambdas
+    styles = Styles(runs)
+    assert styles.order[0] == "dense" and styles.reference == {"dense"}
+    fig = pareto_figure("ptb", panels, styles, "FLOPs", "title", {}, engineering_x=True)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    l0 = lines["L0 (5 runs)"]
+    # the front: every L0 run no other L0 run beats with fewer-or-equal FLOPs, in FLOPs order
+    assert list(zip(l0.get_xdata(), l0.get_ydata())) == [(184000.0, 135.0), (300000.0, 121.0),
+                                                         (422000.0, 118.2), (434000.0, 117.8)]
+    fine_tuned = lines["L0 (fine-tuned) (2 runs)"]
+    assert fine_tuned.get_linestyle() == "--" and l0.get_linestyle() == "-"
+    assert fine_tuned.get_color() != l0.get_color()
+    assert lines["dense (112.3)"].get_ydata()[0] == pytest.approx(112.26)  # the reference line
+    # the dominated L0 run (lambda 2e-7) is drawn as a hollow marker, not left out
+    hollow = [c.get_offsets().tolist() for c in ax.collections if not len(c.get_facecolors())]
+    assert [[370000.0, 125.0]] in hollow
 
 
 def test_latency_plot_is_skipped_with_a_note_when_nothing_was_measured(tmp_path, capsys):
     write_run(tmp_path / "runs", "dense", result("none", [200, 200], [200, 200], 117.0, 112.26))
-    paths = write_plots("ptb", tmp_path / "runs", tmp_path / "out")
-    assert [p.name for p in paths] == ["pareto_neurons.png"]
+    runs, _ = load_run_dirs(tmp_path / "runs")
+    paths = write_plots("ptb", runs, tmp_path / "out")
+    assert [p.name for p in paths] == ["pareto_flops.png", "pareto_neurons.png"]
     assert "pareto_latency.png skipped: no run has a measured latency" in capsys.readouterr().err
 
 
@@ -62,6 +102,15 @@ def test_gate_history_keeps_the_last_line_per_step(tmp_path):
 
 
 def test_runs_from_wandb_make_no_gate_plots(tmp_path):
-    run = Run("from-wandb", result("l0", [200, 200], [112, 105], 122.0, 118.0, lam=1e-7))
-    paths = write_plots("ptb", tmp_path / "unused", tmp_path, runs=[run])
-    assert [p.name for p in paths] == ["pareto_neurons.png"]
+    run = make_run("from-wandb", result("l0", [200, 200], [112, 105], 122.0, 118.0, lam=1e-7))
+    paths = write_plots("ptb", [run], tmp_path)
+    assert [p.name for p in paths] == ["pareto_flops.png", "pareto_neurons.png"]
+
+
+def test_squad_plots_f1_against_flops_per_question(tmp_path):
+    res = result("l0", [100], [60], 0, 0, dataset="squad")
+    res["metrics"] = {"em": 60.0, "f1": 70.0}
+    res["flops_per_question"] = res.pop("flops_per_token")
+    panels = _points("squad", [make_run("bidaf", res)], flops_after)
+    assert panels == {"BiDAF (hidden 100, paper scale)": {"L0": [(120000.0, 70.0)]}}
+    assert PLOT_METRIC["squad"][2] is False  # higher F1 is better: the front keeps the highest

@@ -115,8 +115,11 @@ def test_direct_design_reads_sizes_from_a_result(tmp_path):
     assert task.hparams.hidden_sizes == [120, 95]
     with pytest.raises(UserError, match="not found"):
         LanguageModelTask(vocab_size=50, method="none", sizes_from=str(tmp_path / "none.json"))
-    with pytest.raises(UserError, match="set model.method=none"):
+    with pytest.raises(UserError, match="for method=none"):
         LanguageModelTask(vocab_size=50, method="l0", sizes_from=str(result))
+    # structured magnitude pruning takes them as its targets, on the full-size model
+    magnitude = LanguageModelTask(vocab_size=50, method="magnitude", sizes_from=str(result))
+    assert magnitude.model.rnn.hidden_sizes == [200, 200] and magnitude.pruning.target_neurons == [120, 95]
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -142,3 +145,105 @@ def test_training_steps_through_the_lightning_module(method, extra):
         assert report["neurons_kept"]["hidden"] == [6, 5]
         assert report["flops_per_token"]["after"] < report["flops_per_token"]["before"]
     assert torch.isfinite(loss)
+
+
+def _finished_run(tmp_path, model, vocab=VOCAB, finished=True):
+    run = tmp_path / "dense_run"
+    export_language_model(model, vocab, run / "export")
+    if finished:
+        (run / "result.json").write_text("{}")
+    return run
+
+
+def _task(**kw):
+    return LanguageModelTask(vocab_size=len(VOCAB), embedding_dim=10, hidden_sizes=[12, 9], **kw)
+
+
+@pytest.mark.parametrize("method", ["l0", "group_lasso", "none"])
+def test_init_from_starts_from_a_finished_runs_weights(tmp_path, method):
+    """Pruning a trained model: every weight comes from the run's export; gates start fresh."""
+    trained = _model(seed=5).eval()
+    run = _finished_run(tmp_path, trained)
+    task = _task(method=method, init_from=str(run))
+    ours = {n: p for n, p in task.model.named_parameters() if not n.endswith("log_alpha")}
+    for name, p in trained.named_parameters():
+        assert torch.equal(ours[name], p), name
+    # the run dir or its export folder, either will do
+    assert torch.equal(_task(method=method, init_from=str(run / "export")).model.decoder.weight,
+                       trained.decoder.weight)
+
+
+def test_init_from_refuses_what_does_not_fit(tmp_path):
+    from types import SimpleNamespace
+
+    with pytest.raises(UserError, match="init_from: .* not found"):
+        _task(init_from=str(tmp_path / "nowhere"))
+    unfinished = _finished_run(tmp_path, _model(), finished=False)
+    with pytest.raises(UserError, match="not a finished run"):
+        _task(init_from=str(unfinished))
+    (unfinished / "result.json").write_text("{}")
+    with pytest.raises(UserError, match=r"\(30, 10, \[12, 9\]\), this config builds \(30, 10, \[12, 8\]\)"):
+        LanguageModelTask(vocab_size=len(VOCAB), embedding_dim=10, hidden_sizes=[12, 8], init_from=str(unfinished))
+    task = _task(init_from=str(unfinished))
+    task._trainer = SimpleNamespace(datamodule=SimpleNamespace(vocab=list(reversed(VOCAB))))
+    with pytest.raises(UserError, match="another vocabulary"):
+        task.setup("fit")
+    task._trainer = SimpleNamespace(datamodule=SimpleNamespace(vocab=list(VOCAB)))
+    task.setup("fit")
+
+
+def test_frozen_l0_gates_have_no_noise_and_no_penalty():
+    model = _model(gated=True)
+    method = _method("l0", model, reg_lambda=1e-3, gates_freeze_epoch=2)
+    method.on_train_epoch_start(model, 1)
+    assert method.penalty(model) is not None
+    method.on_train_epoch_start(model, 2)
+    assert method.penalty(model) is None
+    model.train()
+    tokens = torch.randint(0, len(VOCAB), (2, 5))
+    with torch.no_grad():
+        first, second = model(tokens)[0], model(tokens)[0]
+    assert torch.equal(first, second)  # no noise left
+    assert torch.allclose(first, model.eval()(tokens)[0])  # and the test-time gates
+
+
+def test_inner_input_gates_off_gates_the_path_between_layers_once(tmp_path):
+    from lightning_modules.gated_lstm import GateConfig
+
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(len(VOCAB), 10, [12, 9], gated=True,
+                              gate_config=GateConfig(inner_input_gates=False))
+    assert len(model.rnn.input_gates) == 1 and len(model.rnn.gate_parameters()) == 3
+    model.rnn.hidden_gates[0].force_shut([0, 3])
+    model.rnn.input_gates[0].force_shut([1])
+    model.eval()
+    assert neurons_kept(model) == {"input": [9, 10], "hidden": [10, 9]}
+    export_language_model(model, VOCAB, tmp_path / "e")
+    plain, _ = load_exported_language_model(tmp_path / "e")
+    tokens = torch.randint(0, len(VOCAB), (3, 7))
+    with torch.no_grad():
+        assert (plain(tokens)[0] - model(tokens)[0]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("hparams,label,gated,zeroes,structured", [
+    ({"method": "none"}, "dense", False, False, True),
+    ({"method": "none", "sizes_from": "r/result.json"}, "direct design", False, False, True),
+    ({"method": "l0", "init_from": "runs/dense"}, "L0 (fine-tuned)", True, False, True),
+    ({"method": "group_lasso"}, "ISS group Lasso", False, True, True),
+    ({"method": "lasso"}, "Lasso", False, True, False),
+    ({"method": "magnitude", "structured": False}, "unstructured magnitude", False, True, False),
+    ({"method": "magnitude", "structured": True}, "structured magnitude", False, True, True),
+])
+def test_methods_carry_their_properties(hparams, label, gated, zeroes, structured):
+    from lightning_modules.pruning_methods import method_properties
+
+    props = method_properties(hparams)
+    assert (props["label"], props["gated"], props["zeroes_weights"], props["structured"]) == (
+        label, gated, zeroes, structured)
+    # and the built method agrees with what result.json will say
+    model = _model(gated=gated)
+    kw = {"reg_lambda": 1e-4} if hparams["method"] in ("group_lasso", "lasso") else {}
+    if hparams["method"] == "magnitude":
+        kw = {"structured": structured, "target_neurons": [6, 5], "target_sparsity": 0.5}
+    built = _method(hparams["method"], model, **kw)
+    assert built.zeroes_weights == zeroes and built.gated == gated

@@ -3,15 +3,19 @@
 import csv
 import json
 import math
+import shutil
+import subprocess
 import sys
 import types
 
 import pytest
+from conftest import REPO
 from fixtures.run_dirs import L0_TEST_PPL, make_runs, result, speed_json, write_run
 
 from lightning_modules.errors import UserError
 from reproduce.__main__ import main
-from reproduce.tables import read_speed, write_tables
+from reproduce.runs import read_speed
+from reproduce.tables import write_tables
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +153,12 @@ def test_cli_writes_tables_and_plots_into_the_profile_folder(tmp_path, capsys):
     out = capsys.readouterr()
     folder = tmp_path / "ptb" / "small"
     assert {p.name for p in folder.glob("*.md")} == {"table.md"} and (folder / "table.csv").is_file()
-    assert (folder / "pareto_neurons.png").is_file() and (folder / "gate_open_l0_s1.png").is_file()
+    assert {p.name for p in folder.glob("*.png")} == {"pareto_flops.png", "pareto_latency.png",
+                                                      "pareto_neurons.png", "gate_open_l0_s1.png"}
+    # stdout is exactly table.md; what was written goes to stderr
+    assert out.out == (folder / "table.md").read_text() + "\n"
     assert "| r1 | dense |" in out.out and "unfinished (no result.json, skipped): unfinished_direct" in out.err
+    assert f"wrote {folder / 'table.md'}" in out.err
 
 
 @pytest.mark.parametrize("args,message", [
@@ -219,7 +227,7 @@ def test_wandb_project_gives_the_same_rows(tmp_path, monkeypatch, capsys):
     assert cells(lines, "r2")["test"].startswith("118.00 ± ") and cells(lines, "r2")["seeds"] == "1, 2"
     assert "| not yet run: reported `iss_large`" in md  # the paper-profile run was filtered out
     assert "still-training (running)" in md and "the W&B project `team/proj`" in md
-    assert (folder / "pareto_neurons.png").is_file() and not list(folder.glob("gate_open_*"))
+    assert (folder / "pareto_flops.png").is_file() and not list(folder.glob("gate_open_*"))
 
 
 def test_wandb_failure_is_a_user_error(monkeypatch, tmp_path):
@@ -247,3 +255,96 @@ def test_squad_rows_show_em_and_f1_against_bidaf(tmp_path):
     assert "| not yet run: reported `bidaf_seo2017`" in smoke_md and "| ↳ reported" not in smoke_md
     (line,) = [r for r in csv.DictReader(out["csv"].open()) if r["reported_id"] == "bidaf_seo2017"]
     assert float(line["diff_f1"]) == pytest.approx(-0.5) and line["em_mean"] == "66.5"
+
+
+# ---- what a method is comes from result["method_properties"], never from its name ------------------
+
+def props(label, gated=False, zeroes_weights=False, structured=True, fine_tuned=False) -> dict:
+    return {"label": label, "gated": gated, "zeroes_weights": zeroes_weights, "structured": structured,
+            "fine_tuned": fine_tuned}
+
+
+def with_props(res: dict, **kwargs) -> dict:
+    return {**res, "method_properties": props(**kwargs)}
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """Runs as result.json records them now, method_properties included."""
+    root = tmp_path_factory.mktemp("labelled")
+    write_run(root, "dense", with_props(result("none", [200, 200], [200, 200], 117.0, 112.26), label="dense"),
+              speed=speed_json(1.0, 1.0, 0.093))
+    write_run(root, "l0", with_props(result("l0", [200, 200], [112, 105], 122.0, 118.0, lam=1e-7), label="L0",
+                                     gated=True), speed=speed_json(1.6, 1.8, 0.057))
+    ft = result("l0", [200, 200], [120, 110], 120.0, 116.0, lam=1e-7, init_from="results/ptb/small/dense")
+    write_run(root, "l0_ft", with_props(ft, label="L0 (fine-tuned)", gated=True, fine_tuned=True),
+              speed=speed_json(1.5, 1.7, 0.06))
+    # the sizes_from path of the machine it trained on: here only the sibling run dir named l0 exists
+    direct = result("none", [112, 105], [112, 105], 121.5, 116.1,
+                    sizes_from="/elsewhere/results/ptb/small/l0/result.json")
+    write_run(root, "direct", with_props(direct, label="direct design"), speed=speed_json(1.6, 1.8, 0.058))
+    # unstructured: known from its properties (structured false), whatever the method's name
+    odd = result("magnitude", [200, 200], [200, 200], 119.0, 114.0, sparsity=0.5, target_sparsity=0.5)
+    write_run(root, "unstructured", with_props(odd, label="unstructured magnitude", zeroes_weights=True,
+                                               structured=False), speed=speed_json(0.98, 0.99, 0.094))
+    return root
+
+
+def test_rows_are_grouped_and_named_by_label(labelled, tmp_path):
+    out = write_tables("ptb", labelled, tmp_path)
+    lines = md_lines(out["markdown"].read_text())
+    by_label = {cells(lines, f"r{i}")["method"]: cells(lines, f"r{i}") for i in range(1, 6)}
+    # reading order: the reference, gates, the fine-tuned variant after its method, unstructured, the rest
+    assert list(by_label) == ["dense", "L0", "L0 (fine-tuned)", "unstructured magnitude", "direct design"]
+    assert by_label["L0"]["test"] == "118.00" and by_label["L0 (fine-tuned)"]["test"] == "116.00"
+    rows = list(csv.DictReader(out["csv"].open()))
+    assert {(r["method"], r["label"]) for r in rows if r["status"] == "reproduced"} == {
+        ("none", "dense"), ("l0", "L0"), ("l0", "L0 (fine-tuned)"), ("magnitude", "unstructured magnitude"),
+        ("none", "direct design")}
+
+
+def test_direct_design_reads_its_source_from_the_same_folder(labelled, tmp_path):
+    out = write_tables("ptb", labelled, tmp_path)
+    md = out["markdown"].read_text()
+    direct = cells(md_lines(md), "r5")
+    assert (direct["method"], direct["lambda"]) == ("direct design", "sizes of l0")
+    # in the 2x200 section (its source's size), measured, not the reference, and not the registry's
+    # dense model of that scale: tf_small sits under the dense row only
+    assert direct["speedup"] == "1.60x / 1.80x"
+    (row,) = [r for r in out["rows"] if r["label"] == "direct design"]
+    assert row["section"] == "small (2x200)" and row["reported"] == []
+    assert [e["id"] for r in out["rows"] if r["label"] == "dense" for e in r["reported"]] == ["tf_small"]
+
+
+def test_unstructured_and_reference_come_from_properties(labelled, tmp_path):
+    md = write_tables("ptb", labelled, tmp_path)["markdown"].read_text()
+    lines = md_lines(md)
+    assert cells(lines, "r4")["speedup"] == "1.00x / 1.00x (n2)"  # speed.json said 0.98x: no neuron removed
+    assert "n2: unstructured sparsity (50% of the LSTM weights zero but no neuron removed)" in md
+    assert cells(lines, "r4")["lambda"] == "sparsity 0.5"
+    assert cells(lines, "r1")["speedup"] == "1.00x / 1.00x (n1)"
+
+
+def test_new_results_are_read_without_torch(labelled, tmp_path):
+    """method_properties is recorded: reading and rendering must not pull torch in to compute it."""
+    code = ("import sys; from reproduce.tables import write_tables; "
+            f"write_tables('ptb', {str(labelled)!r}, {str(tmp_path)!r}); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_markdown_names_the_folder_as_given_and_nothing_machine_specific(labelled, tmp_path):
+    copy = shutil.copytree(labelled, tmp_path / "elsewhere" / "records")
+    first = write_tables("ptb", labelled, tmp_path / "a", where="reproduce/measured/x")["markdown"].read_text()
+    second = write_tables("ptb", copy, tmp_path / "b", where="reproduce/measured/x")["markdown"].read_text()
+    assert first == second
+    assert str(tmp_path) not in first and str(labelled) not in first
+    assert "5 finished runs in `reproduce/measured/x`" in first
+
+
+def test_heading_level_moves_every_heading(labelled, tmp_path):
+    md = write_tables("ptb", labelled, tmp_path, heading_level=3)["markdown"].read_text()
+    headings = [line.split(" ")[0] for line in md.splitlines() if line.startswith("#")]
+    assert headings[0] == "###" and set(headings) == {"###", "####", "#####"}
+    assert "#### small (2x200)" in md and "##### Commands" in md

@@ -1,0 +1,224 @@
+"""Committed records of reported runs, and the README tables regenerated from them.
+
+  python -m reproduce record RUN_DIR... --to FOLDER     copy finished runs' record files
+  python -m reproduce record ptb --profile small        every finished run of results/ptb/small
+                                                        into reproduce/measured/ptb_small/<run>/
+  python -m reproduce table ptb --runs FOLDER           the table of a records folder
+  python -m reproduce table --update-readme             rewrite the README's table blocks
+
+A record holds only lightning_modules.run_dir.RECORD_FILES (config, result, metrics, speed, gate
+history; never checkpoints or weights), so results/ can stay untracked while every number the
+README reports stays regenerable. A README block
+
+    <!-- table: ptb --runs reproduce/measured/ptb_small -->
+    ...the Markdown that `python -m reproduce table ptb --runs reproduce/measured/ptb_small` prints...
+    <!-- /table -->
+
+names its records folder relative to the README; tests/test_records.py renders each block again
+and fails on any difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning_modules.atomic import atomic_replace_dir, atomic_write_text
+from lightning_modules.errors import UserError
+from lightning_modules.run_dir import RECORD_FILES, RESULT_FILE, is_finished
+
+from .runs import collect_runs, display_path, read_result, run_dirs, source_run_name
+from .tables import build_table, check_dataset
+
+MEASURED_DIR = Path(__file__).parent / "measured"
+BLOCK = re.compile(r"<!-- table: (?P<args>[^\n]*?) -->\n(?P<body>.*?)<!-- /table -->", re.DOTALL)
+
+
+# ---- recording -----------------------------------------------------------------------------------
+
+def check_finished(run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run dir")
+    if not is_finished(run_dir):
+        if any(is_finished(d) for d in run_dirs(run_dir)):
+            hint = "; it is a folder of runs: record DATASET --profile PROFILE"
+        else:
+            hint = "; finish it first (run its command again to resume it) or leave it out"
+        raise UserError(f"{run_dir}: not a finished run (no {RESULT_FILE}){hint}")
+
+
+def record_run(run_dir: Path, dest: Path) -> Path:
+    """Copy the record files of one finished run into dest/<run name>/, replacing an older record
+    whole (a file the run no longer has must not linger). Returns the record's folder."""
+    target = dest / run_dir.name
+    tmp = dest / f".{run_dir.name}.record-tmp"  # hidden: readers of the folder skip it
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted record
+    tmp.mkdir(parents=True)
+    try:
+        for name in RECORD_FILES:
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, tmp / name)
+        atomic_replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def record_runs(sources: list[Path], dest: Path) -> list[Path]:
+    """Record every run of `sources`; all are checked before anything is copied."""
+    names: dict[str, Path] = {}
+    for src in sources:
+        check_finished(src)
+        if src.name in names:
+            raise UserError(f"{src} and {names[src.name]} would both be recorded as {dest / src.name}; "
+                            "record them into different folders")
+        if (dest / src.name).resolve() == src.resolve():
+            raise UserError(f"{src} is already the record in {dest}; record the run dir it came from")
+        names[src.name] = src
+    written = [record_run(src, dest) for src in sources]
+    refs = {source_run_name(ref) for src in sources for ref in _sources_of(read_result(src / RESULT_FILE))}
+    missing = sorted(name for name in refs if not (dest / name).is_dir())
+    if missing:  # a direct design's table section and target come from the run it took its sizes from
+        print(f"note: {dest} has no record of {', '.join(missing)}, which recorded runs took sizes or weights "
+              "from; record those too", file=sys.stderr)
+    return written
+
+
+def _sources_of(result: dict) -> list[str]:
+    hp = result.get("model_hparams") or {}
+    return [hp[key] for key in ("sizes_from", "init_from") if isinstance(hp.get(key), str) and hp[key]]
+
+
+def profile_sources(results: Path, dataset: str, profile: str) -> list[Path]:
+    """The finished runs of results/<dataset>/<profile>; the unfinished ones are named and left out."""
+    check_dataset(dataset)
+    folder = results / dataset / profile
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder of runs; run the profile first "
+                        f"(python -m reproduce profile {dataset} --profile {profile})")
+    subs = run_dirs(folder)
+    finished = [d for d in subs if is_finished(d)]
+    unfinished = [d.name for d in subs if not is_finished(d)]
+    if not finished:
+        raise UserError(f"{folder}: no finished run (a {RESULT_FILE}) to record")
+    if unfinished:
+        print(f"not recorded (unfinished, no {RESULT_FILE}): {', '.join(unfinished)}", file=sys.stderr)
+    return finished
+
+
+def default_destination(dataset: str, profile: str) -> Path:
+    return MEASURED_DIR / f"{dataset}_{profile}"
+
+
+# ---- README blocks ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Block:
+    args: str  # what follows `table:`: the arguments of `python -m reproduce table`
+    body: str  # the Markdown between the markers, as the README holds it
+    start: int
+    end: int
+
+
+def readme_blocks(text: str) -> list[Block]:
+    """The `<!-- table: ... -->` ... `<!-- /table -->` blocks of a README, in order."""
+    return [Block(m["args"].strip(), m["body"], m.start(), m.end()) for m in BLOCK.finditer(text)]
+
+
+class _BlockArguments(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would exit the process; a bad block is the README's error
+        raise ValueError(message)
+
+
+def _block_parser() -> argparse.ArgumentParser:
+    parser = _BlockArguments(prog="table:", add_help=False)
+    parser.add_argument("dataset")
+    parser.add_argument("--runs", required=True)
+    parser.add_argument("--heading-level", type=int, default=1, choices=range(1, 5))
+    return parser
+
+
+def parse_block_args(args: str) -> tuple[str, str, int]:
+    """(dataset, records folder, heading level) of a block. Only a committed folder of records
+    (--runs) can be regenerated by anyone, so nothing else (--profile, --wandb) is accepted."""
+    try:
+        ns, extra = _block_parser().parse_known_args(shlex.split(args))
+    except ValueError as e:
+        raise UserError(f"README block `table: {args}`: {e}; write it as `table: DATASET --runs FOLDER`") from None
+    if extra:
+        raise UserError(f"README block `table: {args}`: {' '.join(extra)} not allowed; a README table is "
+                        "regenerated from a committed records folder: `table: DATASET --runs FOLDER`")
+    if Path(ns.runs).is_absolute():
+        raise UserError(f"README block `table: {args}`: --runs must be relative to the README's folder")
+    check_dataset(ns.dataset)
+    return ns.dataset, Path(ns.runs).as_posix(), ns.heading_level
+
+
+def render_block(args: str, root: Path) -> str:
+    """The Markdown that `python -m reproduce table ARGS` prints when run from `root` (the
+    README's folder): the same reader and renderer, the folder named as the block names it."""
+    dataset, runs, heading_level = parse_block_args(args)
+    found, unfinished = collect_runs(dataset, Path(root) / runs)
+    return build_table(dataset, found, unfinished, runs, heading_level=heading_level)["text"]
+
+
+def block_text(args: str, markdown: str) -> str:
+    # blank lines around the table: Markdown ends an HTML comment's block at its line
+    return f"<!-- table: {args} -->\n\n{markdown.strip()}\n\n<!-- /table -->"
+
+
+def update_readme(path: Path) -> tuple[int, list[str]]:
+    """Rewrite every table block of a README from its records: (blocks, args of those changed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    text = path.read_text()
+    blocks = readme_blocks(text)
+    if not blocks:
+        raise UserError(f"{path}: no `<!-- table: DATASET --runs FOLDER -->` ... `<!-- /table -->` block to update")
+    out, pos, changed = [], 0, []
+    for block in blocks:
+        rendered = render_block(block.args, path.parent)
+        if block.body.strip() != rendered.strip():
+            changed.append(block.args)
+        out += [text[pos:block.start], block_text(block.args, rendered)]
+        pos = block.end
+    new = "".join(out) + text[pos:]
+    if new != text:
+        atomic_write_text(path, new)
+    return len(blocks), changed
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("sources", nargs="+", metavar="RUN_DIR",
+                        help="finished run dirs; with --profile, one dataset (ptb or squad) instead")
+    parser.add_argument("--to", default=None, metavar="FOLDER",
+                        help="records folder (default with --profile: reproduce/measured/DATASET_PROFILE)")
+    parser.add_argument("--profile", default=None,
+                        help="record every finished run of RESULTS/DATASET/PROFILE (the unfinished are left out)")
+    parser.add_argument("--results", default="results", help="root folder of the run dirs (default: results)")
+
+
+def run(args) -> None:
+    if args.profile:
+        if len(args.sources) != 1:
+            raise UserError(f"with --profile give one dataset (ptb or squad), got {' '.join(args.sources)}")
+        sources = profile_sources(Path(args.results), args.sources[0], args.profile)
+        dest = Path(args.to) if args.to else default_destination(args.sources[0], args.profile)
+    else:
+        if not args.to:
+            raise UserError("give --to FOLDER (e.g. reproduce/measured/ptb_small), or DATASET --profile PROFILE")
+        sources, dest = [Path(s) for s in args.sources], Path(args.to)
+    written = record_runs(sources, dest)
+    print(f"recorded {len(written)} run{'s' * (len(written) != 1)} into {display_path(dest)}: "
+          f"{', '.join(p.name for p in written)}", file=sys.stderr)
+    print(f"its table: python -m reproduce table {read_result(sources[0] / RESULT_FILE).get('dataset', 'ptb')} "
+          f"--runs {display_path(dest)}", file=sys.stderr)
