@@ -1,13 +1,20 @@
-"""Neuron-selection pruning of recurrent networks: gates, gated LSTM, models, data, export.
+"""Neuron-selection pruning of recurrent networks, by concern:
 
-The names below load on first use, so that importing a light submodule (errors, atomic)
+  pruning/   gates, GatedLSTM, ISS groups, the pruning methods, gate/weight optimisers (no model)
+  lm/        the PTB language model, its data, task, export and ONNX export
+  squad/     BiDAF, SQuAD data, GloVe, its task and export
+  here       what both tasks share: task base, checkpointing, exact resume, run dirs, export
+             folders, atomic writes, timing and hardware probe, UserError
+
+The names below load on first use, so that importing a light submodule (errors, atomic, run_dir)
 does not import torch: `python -m reproduce --help` stays fast.
 """
 
 import importlib
 
-_LAZY = {"GateConfig": "gated_lstm", "GatedLSTM": "gated_lstm", "HardConcreteGate": "hard_concrete",
-         "LSTMLanguageModel": "language_model", "model_size": "language_model"}
+_LAZY = {"GateConfig": "pruning.gated_lstm", "GatedLSTM": "pruning.gated_lstm",
+         "HardConcreteGate": "pruning.hard_concrete",
+         "LSTMLanguageModel": "lm.language_model", "model_size": "lm.language_model"}
 __all__ = list(_LAZY)
 
 

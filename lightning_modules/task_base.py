@@ -21,10 +21,10 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric
 
 from .errors import UserError
-from .gated_lstm import GateConfig
-from .hard_concrete import LOUIZOS_LOG_ALPHA_RANGE
-from .optim import GATE_UPDATES, clip_, clipped_parameters, optimizer_groups
-from .pruning_methods import GATED_METHODS, PruningMethod, build_pruning_method
+from .pruning.gated_lstm import GateConfig
+from .pruning.hard_concrete import LOUIZOS_LOG_ALPHA_RANGE
+from .pruning.optim import GATE_UPDATES, clip_, clipped_parameters, optimizer_groups
+from .pruning.pruning_methods import GATED_METHODS, PruningMethod, build_pruning_method
 
 
 class PrunedTask(L.LightningModule):
@@ -54,7 +54,7 @@ class PrunedTask(L.LightningModule):
     ) -> None:
         """
         Args:
-            method: see lightning_modules/pruning_methods.py. "none": dense; "l0": hard
+            method: see lightning_modules/pruning/pruning_methods.py. "none": dense; "l0": hard
                 concrete gates on every input and hidden neuron, penalty on the expected L0;
                 "group_lasso": ISS; "lasso": L1; "magnitude": gradual magnitude pruning.
             reg_lambda: penalty strength per unit of loss (per token for the LM, per question
@@ -79,7 +79,7 @@ class PrunedTask(L.LightningModule):
             gate_update: how log_alpha is optimised: with_weights (in the weights' optimiser and
                 their global clip: the TF / iss-rnns way), adam (Adam at gate_lr, unclipped:
                 Louizos et al.'s way), unclipped (before 2026-11-30; at SGD lr 1 it shuts
-                neurons with no penalty). See lightning_modules/optim.py.
+                neurons with no penalty). See lightning_modules/pruning/optim.py.
             lr: the weights' learning rate.
             gate_lr: learning rate of the gates' log_alpha (default: lr; with gate_update=adam 1e-3).
             max_grad_norm: global-norm clip of the gradients (which ones: gate_update); None: none.

@@ -10,19 +10,21 @@ back-to-back pairs. Run it on an idle machine. Inference speed of pruned models 
 
 from __future__ import annotations
 
-import platform
 import time
 
-from .speed import paired_ratio, stats, time_interleaved
+from lightning_modules.timing import hardware_summary, paired_ratio, stats, time_interleaved
 
 SEQ_LEN = 35
 HIDDEN = (200, 650)
 
 
-def bench_train_step(hidden: int, repeats: int, warmup: int, batch: int = 20) -> dict:
+def train_steps(hidden: int, batch: int = 20) -> dict:
+    """The two timed steps, forward + backward on one input: a GatedLSTM in training mode (gates
+    sampled, masks applied, expected-L0 penalty in the loss) and a plain 2-layer nn.LSTM. The
+    models and the input are returned too, so that a caller can check what a step did."""
     import torch
 
-    from lightning_modules.gated_lstm import GatedLSTM
+    from lightning_modules.pruning.gated_lstm import GatedLSTM
 
     torch.manual_seed(0)
     gated = GatedLSTM(hidden, [hidden, hidden]).train()
@@ -39,23 +41,25 @@ def bench_train_step(hidden: int, repeats: int, warmup: int, batch: int = 20) ->
         out, _ = plain(x)
         out.square().mean().backward()
 
-    samples = time_interleaved({"gated": gated_step, "plain": plain_step}, repeats, warmup)
+    return {"gated": gated_step, "plain": plain_step, "models": {"gated": gated, "plain": plain}, "input": x}
+
+
+def bench_train_step(hidden: int, repeats: int, warmup: int, batch: int = 20) -> dict:
+    steps = train_steps(hidden, batch)
+    samples = time_interleaved({"gated": steps["gated"], "plain": steps["plain"]}, repeats, warmup)
     ratio = paired_ratio(samples["gated"], samples["plain"])
     return {"hidden": hidden, "batch": batch, "seq_len": SEQ_LEN, "gated": stats(samples["gated"]),
             "plain": stats(samples["plain"]), "ratio": ratio["median"], "ratio_q1_q3": ratio}
 
 
 def run_bench(out: str, quick: bool = False, hidden: tuple[int, ...] = HIDDEN) -> dict:
-    import torch
-
     from lightning_modules.atomic import atomic_write_json
 
     repeats, warmup = (5, 1) if quick else (40, 10)
     train = [bench_train_step(h, repeats, warmup) for h in hidden]
     result = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "hardware": f"{platform.processor() or platform.machine()}, "
-                    f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "hardware": hardware_summary(device="cpu"),  # the steps run on the CPU, whatever GPU is there
         "quick": quick,
         "train_step": train,
     }

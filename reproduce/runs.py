@@ -5,7 +5,7 @@ committed records folder such as reproduce/measured/ptb_small/<run>/) or from th
 a W&B run. Everything the renderers need is read here, once: result.json, speed.json, the
 gate history and, for results that lack fields, config.yaml. Nothing here draws or formats,
 and nothing here branches on a method name: what a method is comes from
-result["method_properties"] (lightning_modules.pruning_methods.method_properties).
+result["method_properties"] (lightning_modules.pruning.pruning_methods.method_properties).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def make_run(name: str, result: dict, run_dir: Path | None = None, siblings: dic
 
 def method_properties_of(result: dict) -> dict:
     """result["method_properties"]; results written before it existed get it computed from their
-    model_hparams. That needs lightning_modules.pruning_methods, which imports torch, so it is
+    model_hparams. That needs lightning_modules.pruning.pruning_methods, which imports torch, so it is
     imported only here and only for such results: reading new runs stays torch-free."""
     props = result.get("method_properties")
     if isinstance(props, dict) and isinstance(props.get("label"), str):
@@ -74,7 +74,7 @@ def method_properties_of(result: dict) -> dict:
     method = result.get("method")
     hparams = {**(result.get("model_hparams") or {}), "method": method}
     try:
-        from lightning_modules.pruning_methods import method_properties
+        from lightning_modules.pruning.pruning_methods import method_properties
 
         return method_properties(hparams)
     except (UserError, KeyError, TypeError):

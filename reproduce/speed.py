@@ -12,9 +12,10 @@ sizes), so that reported sizes can be timed on your hardware without training.
 Each model runs whole (token ids -> logits: embedding, LSTM stack, decoder; from a zero
 state) and as its LSTM stack alone (a time-major float input), at each batch size, over
 --seq-len time steps, in torch eager and in ONNX Runtime (exported by
-lightning_modules/onnx_export.py and checked against torch first), on the CPU, and on the
+lightning_modules/lm/onnx_export.py and checked against torch first), on the CPU, and on the
 GPU when there is one. The models of one backend run in turn on every repeat (A B C, B C A,
-...) so they see the same machine state; reported are the median and quartiles in ms per
+...: lightning_modules/timing.py, the harness `bench` and the SQuAD export use too) so they see
+the same machine state; reported are the median and quartiles in ms per
 time step (every batch stream advances one token), and speedups are medians of the ratios
 of the back-to-back runs. Weight bytes and the CPU's cache sizes are recorded beside the
 FLOPs ratio: at batch 1 every weight is read once per token, so whether the weights fit in
@@ -23,9 +24,6 @@ cache, not the FLOPs, sets the time. Run it on an idle machine.
 
 from __future__ import annotations
 
-import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_modules.errors import UserError
+from lightning_modules.timing import cpu_caches, paired_ratio, smallest_cache_holding, stats, time_interleaved
+from lightning_modules.timing import hardware as probe_hardware
 
 VOCAB_SIZE = 10000  # PTB's, for --sizes
 SPEED_FILE = "speed.json"
@@ -165,44 +165,11 @@ def settings_from_args(args) -> Settings:
         backends=tuple(dict.fromkeys(args.backends)), devices=devices, quick=args.quick)
 
 
-# ---- timing --------------------------------------------------------------------------------------
-
-def time_interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, the functions run in turn on every repeat.
-
-    The starting function moves by one each repeat (A B C, B C A, C A B), so none always
-    runs right after the same neighbour (which may leave the caches or the clock in its state).
-    """
-    names = list(fns)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(warmup + repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            fns[name]()
-            elapsed = time.perf_counter() - start
-            if r >= warmup:
-                samples[name].append(elapsed)
-    return samples
-
-
-def stats(samples: list[float], scale: float = 1000.0, unit: str = "_ms") -> dict:
-    """Median and quartiles (scaled: seconds -> ms by default)."""
-    q = statistics.quantiles(samples, n=4) if len(samples) >= 4 else [min(samples), 0.0, max(samples)]
-    return {f"median{unit}": statistics.median(samples) * scale, f"q1{unit}": q[0] * scale,
-            f"q3{unit}": q[2] * scale, "n": len(samples)}
-
-
-def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
-    """Statistics of a / b over back-to-back pairs: slow drifts of the machine cancel out of each ratio."""
-    return stats([a / b for a, b in zip(numerator, denominator)], scale=1.0, unit="")
-
-
 # ---- the things being timed ------------------------------------------------------------------------
 
 def plain_model(vocab_size: int, sizes: Sizes):
     """A dense model built directly at these sizes (its weight values do not change dense compute)."""
-    from lightning_modules.language_model import LSTMLanguageModel
+    from lightning_modules.lm.language_model import LSTMLanguageModel
 
     return LSTMLanguageModel(vocab_size, sizes.embedding_dim, list(sizes.hidden_sizes), gated=False).eval()
 
@@ -256,7 +223,7 @@ def export_all_onnx(models: dict, onnx_dirs: dict, kept: tuple[str, ...], settin
     Returns the files to time and what the JSON records (the paths of `kept` models only:
     the others live in a temporary folder).
     """
-    from lightning_modules.onnx_export import export_onnx
+    from lightning_modules.lm.onnx_export import export_onnx
 
     files, record = {}, {}
     for name, model in models.items():
@@ -292,7 +259,7 @@ def measure(models: dict, settings: Settings, onnx_dirs: dict, kept_onnx: tuple[
 
     import torch
 
-    from lightning_modules.onnx_export import ort_session
+    from lightning_modules.lm.onnx_export import ort_session
 
     ort_devices, skipped = _ort_devices(settings)
     files, onnx = export_all_onnx(models, onnx_dirs, kept_onnx, settings) if ort_devices else ({}, {})
@@ -382,47 +349,9 @@ def weight_bytes(model) -> dict:
     return {"lstm": size(model.rnn), "model": size(model)}
 
 
-def cpu_caches() -> dict:
-    """Cache sizes in bytes as one core sees them (Linux sysfs), e.g. {'L1d': 32768, 'L2': ..., 'L3': ...}."""
-    caches = {}
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
-        except OSError:
-            continue
-        suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
-        multiplier = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(size[-1:], 1)
-        caches[f"L{level}{suffix}"] = int(size.rstrip("KMG")) * multiplier
-    return caches
-
-
-def smallest_cache_holding(nbytes: int, caches: dict) -> str:
-    for name in ("L1d", "L2", "L3"):
-        if name in caches and nbytes <= caches[name]:
-            return name
-    return "none (main memory)" if caches else "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware(settings: Settings) -> dict:
-    import torch
-
-    info = {"cpu": cpu_model(), "machine": platform.machine(), "os": platform.platform(),
-            "logical_cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "caches_bytes": cpu_caches(),
-            "caches_source": "/sys/devices/system/cpu/cpu0/cache (one core's view; L3 is shared)",
-            "python": platform.python_version(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+def hardware_record(settings: Settings) -> dict:
+    """The shared probe, with the ONNX versions when ONNX Runtime is timed."""
+    info = probe_hardware()
     if "onnxruntime" in settings.backends:
         import onnx
         import onnxruntime
@@ -433,7 +362,7 @@ def hardware(settings: Settings) -> dict:
 
 
 def sizes_block(models: dict) -> dict:
-    from lightning_modules.language_model import model_size
+    from lightning_modules.lm.language_model import model_size
 
     dense, pruned = models[DENSE], models[PRUNED]
     before = model_size(dense.vocab_size, dense.embedding.embedding_dim, list(dense.rnn.hidden_sizes))
@@ -469,7 +398,7 @@ def measure_models(models: dict, settings: Settings, onnx_dirs: dict, kept_onnx:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": source,
         "settings": settings.as_dict(),
-        "hardware": hardware(settings),
+        "hardware": hardware_record(settings),
         **sizes_block(models),
         "speedup": summary(measured["latency"], "speedup"),
         "export_vs_plain": summary(measured["latency"], "export_vs_plain"),
@@ -508,7 +437,7 @@ def check_export_dir(export_dir: str | Path) -> Sizes:
     if not config_file.is_file():
         raise UserError(f"--export {export_dir}: no config.json there; give an exported model folder "
                         "(a run dir's export/)")
-    from lightning_modules.export import FORMAT
+    from lightning_modules.lm.export import FORMAT
 
     config = _read_config(config_file)
     if config.get("format", FORMAT) != FORMAT:
@@ -538,7 +467,7 @@ def measure_export(export_dir: str | Path, settings: Settings, out: str | None =
     """The export against its dense original and against a plain model at its own sizes."""
     import torch
 
-    from lightning_modules.export import load_exported_language_model
+    from lightning_modules.lm.export import load_exported_language_model
 
     export_dir = Path(export_dir)
     dense_sizes = check_export_dir(export_dir)
@@ -587,7 +516,7 @@ def default_settings(*args: str) -> Settings:
 
 def measure_run_dirs(run_dirs: list[Path], settings: Settings | None = None) -> list[Path]:
     """Time the language-model export of every run dir that has no speed.json yet; returns those written."""
-    from lightning_modules.export import FORMAT
+    from lightning_modules.lm.export import FORMAT
 
     written = []
     for run_dir in map(Path, run_dirs):

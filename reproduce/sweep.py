@@ -205,7 +205,7 @@ def _check_command(path: Path, config: dict) -> None:
 
 def _check_methods(sweep: Sweep) -> None:
     """The pruning method is a plain string to the training command's parser: check it here."""
-    from lightning_modules.pruning_methods import METHODS
+    from lightning_modules.pruning.pruning_methods import METHODS
 
     if "model.method" not in sweep.params:
         return

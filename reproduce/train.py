@@ -19,13 +19,13 @@ from pathlib import Path
 
 from lightning_modules.atomic import atomic_write_json
 from lightning_modules.errors import UserError
+from lightning_modules.timing import hardware_summary
 
 from .training_run import (
     RESULT_FILE,
     build_run_cli,
     fit_resumable,
     git_commit,
-    hardware,
     log_result_to_wandb,
     merge_metrics_parts,
     quiet_known_warnings,
@@ -35,8 +35,8 @@ from .training_run import (
 
 
 def build_cli(args: list[str] | None):
-    from lightning_modules.lm_task import LanguageModelTask
-    from lightning_modules.ptb_data import PTBDataModule
+    from lightning_modules.lm.lm_task import LanguageModelTask
+    from lightning_modules.lm.ptb_data import PTBDataModule
 
     return build_run_cli(LanguageModelTask, PTBDataModule, args, "ptb",
                          links=(("data.vocab_size", "model.vocab_size"),))
@@ -61,7 +61,7 @@ def train(args: list[str] | None = None) -> dict:
             raise UserError(f"training diverged: {name} is {float(value)}; no result is written. Lower model.lr "
                             "(or the penalty) and train again in a new --run_dir")
 
-    from lightning_modules.export import export_language_model
+    from lightning_modules.lm.export import export_language_model
 
     export_dir = run_dir / "export"
     size = model.size_report()
@@ -81,7 +81,7 @@ def train(args: list[str] | None = None) -> dict:
         "speedup_flops": size["flops_per_token"]["before"] / size["flops_per_token"]["after"],
         "wall_time_s": {"train": round(model.train_wall_time_s, 1),
                         "this_invocation": round(time.time() - started, 1)},
-        "hardware": hardware(),
+        "hardware": hardware_summary(trainer.strategy.root_device.type),
         "export_path": "export",
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -7,7 +7,7 @@ resumes from its newest readable checkpoint, and a finished run (result.json) is
 At the end it evaluates the weight average on the evaluation set and writes, in the run dir:
   predictions.json   {question id: answer text}, the official format: score it with the
                      official v1.1 evaluator (`evaluate-v1.1.py dev-v1.1.json predictions.json`)
-  export/            the pruned BiDAF as a smaller dense model (lightning_modules/squad_export.py)
+  export/            the pruned BiDAF as a smaller dense model (lightning_modules/squad/squad_export.py)
   result.json        EM, F1, neurons kept per LSTM and direction, sizes, FLOPs and the measured
                      batch-1 latency of the export against a dense BiDAF of the original sizes
                      (written atomically, last)
@@ -21,13 +21,13 @@ import warnings
 from pathlib import Path
 
 from lightning_modules.atomic import atomic_write_json
+from lightning_modules.timing import hardware_summary
 
 from .training_run import (
     RESULT_FILE,
     build_run_cli,
     fit_resumable,
     git_commit,
-    hardware,
     log_result_to_wandb,
     merge_metrics_parts,
     quiet_known_warnings,
@@ -46,8 +46,8 @@ def _squad_arguments(parser) -> None:
 
 
 def build_cli(args: list[str] | None):
-    from lightning_modules.squad_data import SquadDataModule
-    from lightning_modules.squad_task import SquadTask
+    from lightning_modules.squad.squad_data import SquadDataModule
+    from lightning_modules.squad.squad_task import SquadTask
 
     return build_run_cli(SquadTask, SquadDataModule, args, "squad",
                          links=(("data.word_vocab_size", "model.word_vocab_size"),
@@ -61,9 +61,9 @@ def measure_latency(model, data, export_dir: Path, questions: int) -> dict | Non
         return None
     import torch
 
-    from lightning_modules.bidaf import BiDAF
-    from lightning_modules.squad_data import collate_squad
-    from lightning_modules.squad_export import compare_latency, load_exported_bidaf
+    from lightning_modules.squad.bidaf import BiDAF
+    from lightning_modules.squad.squad_data import collate_squad
+    from lightning_modules.squad.squad_export import compare_latency, load_exported_bidaf
 
     pruned, config = load_exported_bidaf(export_dir)
     dims = {k: config[k] for k in ("word_dim", "char_dim", "char_channels", "char_kernel", "highway_layers")}
@@ -89,7 +89,7 @@ def train(args: list[str] | None = None) -> dict:
     merge_metrics_parts(run_dir)
     atomic_write_json(run_dir / PREDICTIONS_FILE, model.predictions)
 
-    from lightning_modules.squad_export import export_bidaf
+    from lightning_modules.squad.squad_export import export_bidaf
 
     hp, dhp = model.hparams, data.hparams
     size = model.size_report()
@@ -117,7 +117,7 @@ def train(args: list[str] | None = None) -> dict:
         "latency_batch1": latency,
         "wall_time_s": {"train": round(model.train_wall_time_s, 1),
                         "this_invocation": round(time.time() - started, 1)},
-        "hardware": hardware(),
+        "hardware": hardware_summary(trainer.strategy.root_device.type),
         "export_path": "export",
         "predictions_path": PREDICTIONS_FILE,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

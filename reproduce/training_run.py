@@ -14,7 +14,6 @@ import io
 import logging
 import netrc
 import os
-import platform
 import subprocess
 import sys
 import warnings
@@ -54,15 +53,6 @@ def wandb_mode(requested: str) -> str:
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         pass
     return "offline"
-
-
-def hardware() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA)"
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
 
 
 def set_aside_metrics(run_dir: Path) -> None:
@@ -199,7 +189,7 @@ def build_run_cli(task_cls, data_cls, args: list[str] | None, dataset: str,
 
 def result_header(cfg, hparams, commit: str | None, dataset: str, entry_point: str, args: list[str] | None) -> dict:
     """The fields every result.json starts with: what was trained, from which code and command."""
-    from lightning_modules.pruning_methods import method_properties
+    from lightning_modules.pruning.pruning_methods import method_properties
 
     config_files = [str(c) for c in (cfg.get("config") or [])]
     return {

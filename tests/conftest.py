@@ -27,7 +27,7 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
 
 @pytest.fixture(scope="session")
 def ptb():
-    from lightning_modules.ptb_data import PTBDataModule
+    from lightning_modules.lm.ptb_data import PTBDataModule
 
     dm = PTBDataModule()
     dm.setup()

@@ -5,11 +5,11 @@ import itertools
 import pytest
 import torch
 
-from lightning_modules.bidaf import LSTM_NAMES, BiDAF, bidaf_size, decode_spans, masked_softmax
 from lightning_modules.errors import UserError
-from lightning_modules.pruning_methods import build_pruning_method, prunable_units
-from lightning_modules.squad_export import export_bidaf, load_exported_bidaf, neurons_kept
-from lightning_modules.structured_sparsity import unit_group_norms
+from lightning_modules.pruning.pruning_methods import build_pruning_method, prunable_units
+from lightning_modules.pruning.structured_sparsity import unit_group_norms
+from lightning_modules.squad.bidaf import LSTM_NAMES, BiDAF, bidaf_size, decode_spans, masked_softmax
+from lightning_modules.squad.squad_export import compare_latency, export_bidaf, load_exported_bidaf, neurons_kept
 
 WORDS, CHARS = 40, 25
 SMALL = {"word_dim": 6, "char_dim": 4, "char_channels": 5, "char_kernel": 3, "hidden_size": 7}
@@ -257,3 +257,21 @@ def test_group_lasso_thresholding_and_structured_magnitude_on_bidaf(tmp_path):
     _check_export(model, tmp_path, expect_hidden=[7, 7, *targets])
     with pytest.raises(UserError, match="input_groups"):
         _pruning("group_lasso", model, reg_lambda=1e-3, input_groups=True)
+
+
+def test_latency_check_times_both_models_on_every_question():
+    """The SQuAD run's batch-1 latency (result.json latency_batch1), on the shared harness."""
+    calls = {"pruned": [], "dense": []}
+
+    def recording(model, key):
+        model.register_forward_pre_hook(lambda _, args: calls[key].append(args[0]["context_words"].shape[1]))
+        return model
+
+    pruned = recording(_model(gated=False, hidden_sizes=dict.fromkeys(LSTM_NAMES, 3)), "pruned")
+    dense = recording(_model(gated=False), "dense")
+    batches = [_batch([n], [3], seed=n) for n in (4, 6, 9)]
+    result = compare_latency(pruned, dense, batches, repeats=2)
+    assert calls["pruned"] == calls["dense"] == [9, 4, 6, 9, 4, 6, 9]  # a warm-up, then each question in pairs
+    assert (result["questions"], result["repeats"]) == (3, 2)
+    assert result["pruned_median_ms"] > 0 and result["dense_median_ms"] > 0 and result["speedup_median"] > 0
+    assert result["threads"] == torch.get_num_threads() and isinstance(result["flush_denormal"], bool)

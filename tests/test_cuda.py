@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import REPO
 
-from lightning_modules.export import export_language_model, load_exported_language_model
-from lightning_modules.hard_concrete import HardConcreteGate
-from lightning_modules.language_model import LSTMLanguageModel
+from lightning_modules.lm.export import export_language_model, load_exported_language_model
+from lightning_modules.lm.language_model import LSTMLanguageModel
+from lightning_modules.pruning.hard_concrete import HardConcreteGate
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no GPU")
 

@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from lightning_modules.errors import UserError
-from lightning_modules.export import export_language_model, load_exported_language_model, neurons_kept
-from lightning_modules.language_model import LSTMLanguageModel
+from lightning_modules.lm.export import export_language_model, load_exported_language_model, neurons_kept
+from lightning_modules.lm.language_model import LSTMLanguageModel
 
 VOCAB = [f"w{i}" for i in range(40)]
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from lightning_modules.errors import UserError
-from lightning_modules.hard_concrete import LOUIZOS_LOG_ALPHA_RANGE, HardConcreteGate
-from lightning_modules.lm_task import LanguageModelTask
-from lightning_modules.optim import SGDWithAdamGroups, clipped_parameters, lr_factor, optimizer_groups
-from lightning_modules.ptb_data import PTBDataModule
+from lightning_modules.lm.lm_task import LanguageModelTask
+from lightning_modules.lm.ptb_data import PTBDataModule
+from lightning_modules.pruning.hard_concrete import LOUIZOS_LOG_ALPHA_RANGE, HardConcreteGate
+from lightning_modules.pruning.optim import SGDWithAdamGroups, clipped_parameters, lr_factor, optimizer_groups
 
 
 def _params(seed):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lightning_modules.gated_lstm import GateConfig, GatedLSTM
+from lightning_modules.pruning.gated_lstm import GateConfig, GatedLSTM
 
 
 def _randomise_gates(rnn, std=2.0):

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from lightning_modules.hard_concrete import HardConcreteGate
+from lightning_modules.pruning.hard_concrete import HardConcreteGate
 
 
 def _gate(log_alphas):

@@ -6,11 +6,16 @@ import pytest
 import torch
 
 from lightning_modules.errors import UserError
-from lightning_modules.export import export_language_model, load_exported_language_model, neurons_kept
-from lightning_modules.language_model import LSTMLanguageModel
-from lightning_modules.lm_task import LanguageModelTask
-from lightning_modules.pruning_methods import build_pruning_method
-from lightning_modules.structured_sparsity import group_lasso_penalty, lstm_weight_matrices
+from lightning_modules.lm.export import export_language_model, load_exported_language_model, neurons_kept
+from lightning_modules.lm.language_model import LSTMLanguageModel
+from lightning_modules.lm.lm_task import LanguageModelTask
+from lightning_modules.pruning.pruning_methods import build_pruning_method, prunable_units
+from lightning_modules.pruning.structured_sparsity import (
+    group_lasso_penalty,
+    lstm_weight_matrices,
+    scheduled_neuron_count,
+    unit_group_norms,
+)
 
 VOCAB = [f"w{i}" for i in range(30)]
 DEFAULTS = {"reg_lambda": 0.0, "l0_penalty": "weights", "zero_threshold": None, "input_groups": False,
@@ -43,6 +48,11 @@ def test_group_lasso_penalty_and_thresholding():
     assert _method("lasso", model, reg_lambda=1e-7).threshold_for(num_steps=35) == 1e-4
     # weights only, as iss-rnns: its groups hold no biases
     assert all(t.dim() == 2 for t in method.thresholded_tensors(model))
+    # input groups (the language model only): embedding column i with the first layer's weight_ih column i
+    with_inputs = _method("group_lasso", model, reg_lambda=1e-3, input_groups=True)
+    expected = 1e-3 * group_lasso_penalty(list(model.rnn.layers), model.decoder.weight, model.embedding.weight)
+    assert torch.allclose(with_inputs.penalty(model), expected)
+    assert any(t is model.embedding.weight for t in with_inputs.thresholded_tensors(model))
 
 
 def test_lasso_thresholds_only_lstm_weights():
@@ -122,29 +132,116 @@ def test_direct_design_reads_sizes_from_a_result(tmp_path):
     assert magnitude.model.rnn.hidden_sizes == [200, 200] and magnitude.pruning.target_neurons == [120, 95]
 
 
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-@pytest.mark.parametrize("method,extra", [
-    ("l0", {"reg_lambda": 1e-6}), ("group_lasso", {"reg_lambda": 1e-4}), ("lasso", {"reg_lambda": 1e-4}),
-    ("magnitude", {"target_neurons": [6, 5], "prune_end_step": 4, "prune_every": 1}),
-    ("none", {}),
-])
-def test_training_steps_through_the_lightning_module(method, extra):
+# ---- a few real steps through the LightningModule: each method does its job ----------------------
+
+STEPS = 5
+
+
+def _small_task(method: str, **extra) -> LanguageModelTask:
     torch.manual_seed(0)
-    task = LanguageModelTask(vocab_size=len(VOCAB), embedding_dim=8, hidden_sizes=[10, 10], method=method,
-                             **extra)
+    return LanguageModelTask(vocab_size=len(VOCAB), embedding_dim=8, hidden_sizes=[10, 10], method=method, **extra)
+
+
+def _train(method: str, after_step=None, **extra) -> LanguageModelTask:
+    """STEPS optimizer steps on one batch, as Lightning runs them: training_step (objective with
+    the method's penalty), backward, SGD step, the method's after-step work. The same seed, so
+    two calls differ only by what their arguments change."""
+    task = _small_task(method, **extra)
     opt = torch.optim.SGD(task.parameters(), lr=0.5)
     x = torch.randint(0, len(VOCAB), (3, 6))
-    for step in range(1, 6):
+    for step in range(1, STEPS + 1):
         loss = task.training_step((x, x.roll(-1, 1)), step)
+        assert torch.isfinite(loss)
         opt.zero_grad()
         loss.backward()
-        opt.step()
+        opt.step()  # revives weights a method zeroed: its after-step work must zero them again
         task.pruning.after_optimizer_step(task.model, step, 6)
+        if after_step:
+            after_step(task, step)
+    return task
+
+
+def _penalties(task: LanguageModelTask) -> tuple[int, float]:
+    """How often a penalty went into the objective, and its mean (objective() records exactly what it adds)."""
+    count = int(task.train_penalty.update_count)
+    return count, float(task.train_penalty.compute()) if count else 0.0
+
+
+LOG = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+
+
+@LOG
+def test_l0_steps_move_the_gates_under_a_penalty():
+    initial = [p.detach().clone() for p in _small_task("l0", reg_lambda=1e-3).model.gate_parameters()]
+    task = _train("l0", reg_lambda=1e-3)
+    count, mean = _penalties(task)
+    assert count == STEPS and mean > 0
+    gates = task.model.gate_parameters()
+    assert len(gates) == len(initial) > 0
+    assert all(not torch.equal(p, q) for p, q in zip(gates, initial))  # every gate vector learnt
+    # the same noise and steps without the penalty: the penalty alone pushes every gate towards shut
+    unpenalised = _train("l0", reg_lambda=0.0)
+    assert _penalties(unpenalised)[0] == 0
+    assert all((p < q).all() for p, q in zip(gates, unpenalised.model.gate_parameters()))
+    assert task.model.expected_l0() < unpenalised.model.expected_l0()
+
+
+@LOG
+def test_group_lasso_steps_shrink_groups_and_zero_what_falls_below_the_threshold():
+    threshold = 0.01
+    task = _train("group_lasso", reg_lambda=1e-3, zero_threshold=threshold)
+    # the same steps, the same thresholding, no penalty: what the penalty alone did
+    unpenalised = _train("group_lasso", reg_lambda=0.0, zero_threshold=threshold)
+    count, mean = _penalties(task)
+    assert count == STEPS and mean > 0 and _penalties(unpenalised)[0] == 0
+    tensors = task.pruning.thresholded_tensors(task.model)
+    assert all(((w == 0) | (w.abs() >= threshold)).all() for w in tensors)
+    zeros = sum(int((w == 0).sum()) for w in tensors)
+    assert zeros > sum(int((w == 0).sum()) for w in unpenalised.pruning.thresholded_tensors(unpenalised.model))
+    norms = torch.cat(unit_group_norms(prunable_units(task.model)))
+    reference = torch.cat(unit_group_norms(prunable_units(unpenalised.model)))
+    assert (norms < reference).all()  # every ISS group pulled towards zero
+
+
+@LOG
+def test_lasso_steps_shrink_weights_and_zero_what_falls_below_the_threshold():
+    threshold = 0.01
+    task = _train("lasso", reg_lambda=1e-4, zero_threshold=threshold)
+    unpenalised = _train("lasso", reg_lambda=0.0, zero_threshold=threshold)
+    count, mean = _penalties(task)
+    assert count == STEPS and mean > 0 and _penalties(unpenalised)[0] == 0
+    weights = torch.cat([w.detach().flatten() for w in lstm_weight_matrices(list(task.model.rnn.layers))])
+    reference = torch.cat([w.detach().flatten() for w in lstm_weight_matrices(list(unpenalised.model.rnn.layers))])
+    assert ((weights == 0) | (weights.abs() >= threshold)).all()
+    assert int((weights == 0).sum()) > int((reference == 0).sum())
+    alive = (weights != 0) & (reference != 0)
+    assert (weights.abs()[alive] < reference.abs()[alive]).all()  # each weight pulled towards zero
+
+
+@LOG
+def test_magnitude_steps_follow_the_schedule_and_hold_pruned_groups_at_zero():
+    targets, end = [6, 5], 4
+
+    def check(task, step):
+        scheduled = [scheduled_neuron_count(min(step, end), 0, end, 10, t) for t in targets]
+        assert neurons_kept(task.model)["hidden"] == scheduled, step
+        for norms, alive, keep in zip(unit_group_norms(prunable_units(task.model)), task.pruning.alive(), scheduled):
+            assert int(alive.sum()) == keep
+            assert (norms[~alive] == 0).all() and (norms[alive] > 0).all()
+
+    task = _train("magnitude", after_step=check, target_neurons=targets, prune_end_step=end, prune_every=1)
+    assert neurons_kept(task.model)["hidden"] == targets
+    assert _penalties(task)[0] == 0  # pruning by magnitude adds nothing to the objective
     report = task.size_report()
-    if method == "magnitude":
-        assert report["neurons_kept"]["hidden"] == [6, 5]
-        assert report["flops_per_token"]["after"] < report["flops_per_token"]["before"]
-    assert torch.isfinite(loss)
+    assert report["flops_per_token"]["after"] < report["flops_per_token"]["before"]
+
+
+@LOG
+def test_dense_steps_add_no_penalty_and_remove_nothing():
+    task = _train("none")
+    assert task.pruning.penalty(task.model) is None and _penalties(task)[0] == 0
+    assert neurons_kept(task.model)["hidden"] == [10, 10]
+    assert all((w != 0).all() for w in lstm_weight_matrices(list(task.model.rnn.layers)))
 
 
 def _finished_run(tmp_path, model, vocab=VOCAB, finished=True):
@@ -208,7 +305,7 @@ def test_frozen_l0_gates_have_no_noise_and_no_penalty():
 
 
 def test_inner_input_gates_off_gates_the_path_between_layers_once(tmp_path):
-    from lightning_modules.gated_lstm import GateConfig
+    from lightning_modules.pruning.gated_lstm import GateConfig
 
     torch.manual_seed(0)
     model = LSTMLanguageModel(len(VOCAB), 10, [12, 9], gated=True,
@@ -235,7 +332,7 @@ def test_inner_input_gates_off_gates_the_path_between_layers_once(tmp_path):
     ({"method": "magnitude", "structured": True}, "structured magnitude", False, True, True),
 ])
 def test_methods_carry_their_properties(hparams, label, gated, zeroes, structured):
-    from lightning_modules.pruning_methods import method_properties
+    from lightning_modules.pruning.pruning_methods import method_properties
 
     props = method_properties(hparams)
     assert (props["label"], props["gated"], props["zeroes_weights"], props["structured"]) == (

@@ -4,9 +4,9 @@ import shutil
 import pytest
 import torch
 
-from lightning_modules import ptb_data
 from lightning_modules.errors import UserError
-from lightning_modules.ptb_data import LMWindows, PTBDataModule
+from lightning_modules.lm import ptb_data
+from lightning_modules.lm.ptb_data import LMWindows, PTBDataModule
 
 
 def test_counts_match_the_known_figures(ptb):

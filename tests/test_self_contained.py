@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from conftest import REPO
 
-from lightning_modules import squad_data
 from lightning_modules.errors import UserError
-from lightning_modules.squad_data import SquadDataModule, load_squad, read_squad_json
+from lightning_modules.squad import squad_data
+from lightning_modules.squad.squad_data import SquadDataModule, load_squad, read_squad_json
 
 # built in pieces so that this file does not match its own search
 SIBLING_FOLDER = ".." + "/" + "shared"

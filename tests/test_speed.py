@@ -8,11 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from lightning_modules.export import export_language_model, load_exported_language_model
-from lightning_modules.language_model import LSTMLanguageModel, model_size
-from lightning_modules.onnx_export import export_onnx
+from lightning_modules.lm.export import export_language_model, load_exported_language_model
+from lightning_modules.lm.language_model import LSTMLanguageModel, model_size
+from lightning_modules.lm.onnx_export import export_onnx
 from reproduce.__main__ import main
-from reproduce.speed import Settings, Sizes, measure_run_dirs, paired_ratio, sizes_output, time_interleaved
+from reproduce.speed import Settings, Sizes, measure_run_dirs, sizes_output
 
 VOCAB = [f"w{i}" for i in range(30)]
 
@@ -71,21 +71,7 @@ def test_onnx_export_gives_torch_logits(tmp_path):
         assert np.abs(onnx_lstm - lstm_out).max() <= 1e-4
 
 
-# ---- timing helpers ------------------------------------------------------------------------------
-
-def test_models_take_turns_and_warmup_is_not_kept():
-    calls = []
-    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    samples = time_interleaved(fns, repeats=3, warmup=1)
-    assert calls == list("abc" "bca" "cab" "abc")  # each repeat starts one model later
-    assert {name: len(s) for name, s in samples.items()} == {"a": 3, "b": 3, "c": 3}
-    assert all(t >= 0 for s in samples.values() for t in s)
-
-
-def test_ratios_are_medians_of_pairs():
-    # medians alone would give 6 / 3 = 2; the pairs give 10, 1 and 3 -> 3
-    assert paired_ratio([10.0, 2.0, 6.0], [1.0, 2.0, 2.0])["median"] == 3.0
-
+# ---- naming -------------------------------------------------------------------------------------
 
 def test_default_output_name_for_sizes():
     dense, pruned = Sizes(1500, (1500, 1500)), Sizes(373, (373, 315))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lightning_modules.errors import UserError
-from lightning_modules.glove import read_glove
-from lightning_modules.squad_data import (
+from lightning_modules.squad.glove import read_glove
+from lightning_modules.squad.squad_data import (
     EMBEDDED_DEV,
     SquadDataModule,
     answer_token_span,

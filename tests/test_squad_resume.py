@@ -20,7 +20,7 @@ from lightning_modules.resumable import ResumableSampler
 from reproduce.train_squad import main as train_main
 
 L0 = str(REPO / "reproduce" / "configs" / "squad_smoke_l0.yaml")
-DEV = REPO / "lightning_modules" / "data" / "squad" / "dev-v1.1.json.gz"
+DEV = REPO / "lightning_modules" / "squad" / "data" / "squad" / "dev-v1.1.json.gz"
 BATCHES_PER_EPOCH = 10  # 60 questions in batches of 6
 TINY = ["--config", L0, "--trainer.max_epochs=2", "--model.word_dim=12", "--model.char_channels=6",
         "--model.hidden_size=8", "--wandb=disabled", "--trainer.enable_progress_bar=false", "--latency_questions=0",

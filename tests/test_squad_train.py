@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from lightning_modules.squad_data import EMBEDDED_DEV, SquadDataModule, collate_squad, span_text
-from lightning_modules.squad_export import load_exported_bidaf
+from lightning_modules.squad.squad_data import EMBEDDED_DEV, SquadDataModule, collate_squad, span_text
+from lightning_modules.squad.squad_export import load_exported_bidaf
 from reproduce.train_squad import main as train_main
 
 CONFIGS = REPO / "reproduce" / "configs"
@@ -134,7 +134,7 @@ def test_run_writes_result_predictions_and_an_export_that_reproduces_them(finish
     assert scores["f1"] == pytest.approx(result["metrics"]["f1"], abs=1e-3)
 
     # the export alone, as plain PyTorch, answers every question the same way
-    from lightning_modules.bidaf import decode_spans
+    from lightning_modules.squad.bidaf import decode_spans
 
     model, config = load_exported_bidaf(run_dir / result["export_path"])
     assert [config["hidden_sizes"][n] for n in kept["lstm_names"]] == kept["hidden"]

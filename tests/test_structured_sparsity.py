@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightning_modules.structured_sparsity import (
+from lightning_modules.pruning.structured_sparsity import (
     group_lasso_penalty,
     iss_group_norms,
     l1_penalty,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import REPO, run_cli
 
-from lightning_modules.export import load_exported_language_model
+from lightning_modules.lm.export import load_exported_language_model
 
 SMOKE = str(REPO / "reproduce" / "configs" / "ptb_smoke_l0.yaml")
 TINY = ["--trainer.max_epochs=2", "--data.train_tokens=12000", "--model.embedding_dim=24",
@@ -87,7 +87,7 @@ def test_rerun_of_a_finished_run_is_refused(finished_run):
 
 
 def _corrupt_dir(tmp_path, damage):
-    from lightning_modules.ptb_data import EMBEDDED_DIR
+    from lightning_modules.lm.ptb_data import EMBEDDED_DIR
 
     for name in ("train", "valid", "test"):
         data = (EMBEDDED_DIR / f"ptb.{name}.txt.gz").read_bytes()
@@ -108,7 +108,7 @@ def _modified_embedded_copy(tmp_path, monkeypatch):
     import gzip
     import shutil
 
-    from lightning_modules import ptb_data
+    from lightning_modules.lm import ptb_data
 
     for f in ptb_data.EMBEDDED_DIR.glob("*.gz"):
         shutil.copy(f, tmp_path / f.name)

@@ -36,9 +36,9 @@ TESTS = Path(__file__).resolve().parent
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 ENTITY, PROJECT = "stub-entity", "stub-project"
 # What a forked run finds imported. Not the entry points themselves: `python -m` runs those fresh.
-PRELOAD = ["reproduce.training_run", "lightning.pytorch.cli", "lightning_modules.lm_task", "lightning_modules.ptb_data",
-           "lightning_modules.squad_task", "lightning_modules.squad_data", "lightning_modules.export", "datasets",
-           "wandb_stub"]
+PRELOAD = ["reproduce.training_run", "lightning.pytorch.cli", "lightning_modules.lm.lm_task",
+           "lightning_modules.lm.ptb_data", "lightning_modules.squad.squad_task", "lightning_modules.squad.squad_data",
+           "lightning_modules.lm.export", "datasets", "wandb_stub"]
 
 # The shrink is handed out by the stub controller as parameters of each run, so it reaches the
 # training command the way a sweep's own values do: as W&B writes them (`--name=str(value)`,
@@ -76,7 +76,7 @@ def same(a, b) -> bool:
 @pytest.fixture(scope="module")
 def tiny_ptb(tmp_path_factory) -> Path:
     """600 PTB training lines (valid and test drawn from them): loading the full corpus costs 2.5 s a run."""
-    lines = gzip.open(REPO / "lightning_modules" / "data" / "ptb" / "ptb.train.txt.gz", "rt").read().splitlines()
+    lines = gzip.open(REPO / "lightning_modules" / "lm" / "data" / "ptb" / "ptb.train.txt.gz", "rt").read().splitlines()
     folder = tmp_path_factory.mktemp("tiny_ptb")
     for split, part in (("train", lines[:600]), ("valid", lines[:100]), ("test", lines[100:200])):
         (folder / f"ptb.{split}.txt").write_text("\n".join(part) + "\n")

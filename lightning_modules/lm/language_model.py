@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .gated_lstm import GateConfig, GatedLSTM, State
+from ..pruning.gated_lstm import GateConfig, GatedLSTM, State
+from ..pruning.structured_sparsity import ISSUnit, input_group_norms, lm_units
 
 
 class LSTMLanguageModel(nn.Module):
@@ -48,6 +49,19 @@ class LSTMLanguageModel(nn.Module):
     def weight_parameters(self) -> list[nn.Parameter]:
         gates = {id(p) for p in self.rnn.gate_parameters()}
         return [p for p in self.parameters() if id(p) not in gates]
+
+    # What the pruning methods act on (pruning_methods.prunable_units), given by the model so that
+    # the pruning package needs to know no model.
+    def iss_units(self) -> list[ISSUnit]:
+        """Layer k is read by the next layer's weight_ih, the last one by the decoder."""
+        return lm_units(list(self.rnn.layers), self.decoder.weight)
+
+    def expected_l0(self, form: str = "weights") -> torch.Tensor:
+        return self.rnn.expected_l0(form)
+
+    def input_group_norms(self) -> torch.Tensor:
+        """group_lasso's optional groups on the embedding dimensions (model.input_groups)."""
+        return input_group_norms(list(self.rnn.layers), self.embedding.weight)
 
 
 def model_size(vocab_size: int, embedding_dim: int, hidden_sizes: list[int],

@@ -24,8 +24,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import UserError
-from .resumable import ResumableSampler
+from ..errors import UserError
+from ..resumable import ResumableSampler
 
 EMBEDDED_DIR = Path(__file__).parent / "data" / "ptb"
 SPLITS = {"train": "train", "validation": "valid", "test": "test"}

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gated_lstm import GateConfig, GatedLSTM
-from .structured_sparsity import ISSUnit
+from ..pruning.gated_lstm import GateConfig, GatedLSTM
+from ..pruning.structured_sparsity import ISSUnit
 
 BILSTMS = ("contextual", "modelling.0", "modelling.1", "output")
 LSTM_NAMES = tuple(f"{b}.{d}" for b in BILSTMS for d in ("fwd", "bwd"))

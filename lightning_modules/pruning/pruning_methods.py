@@ -5,9 +5,10 @@ step (thresholding, masking); GATED_METHODS get an LSTM with gates. Which neuron
 survive is read off the model itself by `export.neuron_scales` (gate values, or
 all-zero ISS groups), so every method exports and reports sizes the same way.
 
-Models: the LSTM language model (its layers, read by the next layer and the decoder), or any
-model that lists its LSTMs itself: `iss_units()` (structured_sparsity.ISSUnit: an LSTM and the
-weight columns that read each hidden neuron) and `expected_l0(form)` (BiDAF).
+Models list their LSTMs themselves, so that this package knows no model: `iss_units()`
+(structured_sparsity.ISSUnit: an LSTM and the weight columns that read each hidden neuron) and
+`expected_l0(form)` (LSTMLanguageModel, BiDAF); a model with `input_group_norms()` and an
+`embedding` (the language model) can also take group_lasso's input groups.
 
 Methods:
   none         dense training (also the "direct design" control: a dense model of given sizes)
@@ -22,14 +23,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 from .hard_concrete import HardConcreteGate
-from .language_model import LSTMLanguageModel
 from .structured_sparsity import (
     ISSUnit,
-    input_group_norms,
     l1_penalty,
-    lm_units,
     lstm_weight_matrices,
     scheduled_neuron_count,
     threshold_,
@@ -42,13 +40,7 @@ METHODS = ("none", "l0", "group_lasso", "lasso", "magnitude")
 
 def prunable_units(model: nn.Module) -> list[ISSUnit]:
     """The LSTMs a method acts on, each with the weight columns that read its hidden neurons."""
-    if isinstance(model, LSTMLanguageModel):
-        return lm_units(list(model.rnn.layers), model.decoder.weight)
     return model.iss_units()
-
-
-def _expected_l0(model: nn.Module, form: str) -> torch.Tensor:
-    return model.rnn.expected_l0(form) if isinstance(model, LSTMLanguageModel) else model.expected_l0(form)
 
 
 class PruningMethod(nn.Module):
@@ -93,7 +85,7 @@ class L0Gates(PruningMethod):
     def penalty(self, model):
         if self.reg_lambda == 0 or self.frozen:
             return None  # frozen gates: the penalty is a constant
-        return self.reg_lambda * _expected_l0(model, self.form)
+        return self.reg_lambda * model.expected_l0(self.form)
 
     def after_optimizer_step(self, model, step, num_steps):
         for gate in hard_concrete_gates(model):
@@ -147,7 +139,7 @@ class GroupLasso(_Thresholded):
             return None
         total = sum(norms.sum() for norms in unit_group_norms(prunable_units(model)))
         if self.input_groups:
-            total = total + input_group_norms(list(model.rnn.layers), model.embedding.weight).sum()
+            total = total + model.input_group_norms().sum()
         return self.reg_lambda * total
 
     def thresholded_tensors(self, model):
@@ -307,7 +299,7 @@ def build_pruning_method(method: str, model: nn.Module, *, reg_lambda: float, l0
     if method == "l0":
         return L0Gates(reg_lambda, l0_penalty, gates_freeze_epoch)
     if method == "group_lasso":
-        if input_groups and not isinstance(model, LSTMLanguageModel):
+        if input_groups and not hasattr(model, "input_group_norms"):
             raise UserError("model.input_groups (groups on the embedding) exists for the language model only; "
                             "set it to false")
         return GroupLasso(reg_lambda, zero_threshold, input_groups)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 GATE_UPDATES = ("with_weights", "adam", "unclipped")
 DEFAULT_ADAM_GATE_LR = 1e-3

@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from .errors import UserError
+from ..errors import UserError
+from ..pruning.optim import SGDWithAdamGroups, lr_factor, scheduled
+from ..pruning.structured_sparsity import lstm_weight_matrices
+from ..run_dir import GATE_HISTORY_FILE
+from ..task_base import PrunedTask, load_metric_state, metric_state
 from .export import load_initial_weights, neurons_kept
 from .language_model import LSTMLanguageModel, model_size
-from .optim import SGDWithAdamGroups, lr_factor, scheduled
-from .run_dir import GATE_HISTORY_FILE
-from .structured_sparsity import lstm_weight_matrices
-from .task_base import PrunedTask, load_metric_state, metric_state
 
 
 def sizes_from_result(path: str) -> tuple[int, list[int]]:

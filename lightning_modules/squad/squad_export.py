@@ -15,16 +15,15 @@ plain nn.Embedding, nn.Conv1d, nn.Linear and one nn.LSTM per direction (gate ord
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+from ..export_folder import read_export_folder, write_export_folder
+from ..pruning.structured_sparsity import unit_zero_groups
+from ..timing import paired_ratio, stats, time_interleaved
 from .bidaf import LSTM_NAMES, BiDAF, bidaf_size
-from .errors import UserError
-from .export_folder import read_export_folder, write_export_folder
-from .structured_sparsity import unit_zero_groups
 
 FORMAT = "neuron-selection-bidaf/1"
 
@@ -154,27 +153,20 @@ def load_exported_bidaf(path: str | Path) -> tuple[BiDAF, dict]:
 
 @torch.no_grad()
 def compare_latency(pruned: BiDAF, dense: BiDAF, batches: list[dict], repeats: int = 1) -> dict:
-    """Forward time of one question at batch 1 (ms), eval mode, pruned and dense timed alternately
-    on the same questions, so that both see the same machine load; which goes first alternates
-    too (the second of a pair runs on warmer caches). Speedup: median of the per-question
-    ratios dense / pruned. Denormal floats are flushed to zero while timing: saturated gates and
-    sharp attention produce them, and on a CPU they can cost more time than the model's size."""
+    """Forward time of one question at batch 1 (ms), eval mode, pruned and dense run in turn on
+    the same questions (lightning_modules/timing.py: which goes first alternates, as the second of
+    a pair runs on warmer caches). Speedup: median of the per-question ratios dense / pruned.
+    Denormal floats are flushed to zero while timing: saturated gates and sharp attention produce
+    them, and on a CPU they can cost more time than the model's size."""
     pruned.eval()
     dense.eval()
     flushed = torch.set_flush_denormal(True)  # False where the CPU cannot; then it times as is
-    for model in (pruned, dense):
-        model(batches[0])  # warm-up
-    times = {"pruned": [], "dense": []}
-    pair = [("pruned", pruned), ("dense", dense)]
-    for _ in range(repeats):
-        for n, batch in enumerate(batches):
-            for key, model in pair if n % 2 == 0 else pair[::-1]:
-                start = time.perf_counter()
-                model(batch)
-                times[key].append((time.perf_counter() - start) * 1000)
-    torch.set_flush_denormal(False)
-    ratios = [d / p for d, p in zip(times["dense"], times["pruned"])]
-    return {"flush_denormal": flushed, "pruned_median_ms": round(statistics.median(times["pruned"]), 3),
-            "dense_median_ms": round(statistics.median(times["dense"]), 3),
-            "speedup_median": round(statistics.median(ratios), 3),
+    try:
+        samples = time_interleaved({"pruned": pruned, "dense": dense}, repeats * len(batches), warmup=1,
+                                   inputs=batches)
+    finally:
+        torch.set_flush_denormal(False)
+    return {"flush_denormal": flushed, "pruned_median_ms": round(stats(samples["pruned"])["median_ms"], 3),
+            "dense_median_ms": round(stats(samples["dense"])["median_ms"], 3),
+            "speedup_median": round(paired_ratio(samples["dense"], samples["pruned"])["median"], 3),
             "questions": len(batches), "repeats": repeats, "threads": torch.get_num_threads()}

@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.text import SQuAD
 
+from ..errors import UserError
+from ..pruning.structured_sparsity import lstm_weight_matrices
+from ..task_base import PrunedTask, load_metric_state, metric_state
 from .bidaf import LSTM_NAMES, BiDAF, bidaf_size, decode_spans
-from .errors import UserError
 from .squad_data import span_text
 from .squad_export import neurons_kept
-from .structured_sparsity import lstm_weight_matrices
-from .task_base import PrunedTask, load_metric_state, metric_state
 
 
 class SquadTask(PrunedTask):

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .export_folder import read_export_folder, write_export_folder
+from ..errors import UserError
+from ..export_folder import read_export_folder, write_export_folder
+from ..pruning.structured_sparsity import zero_groups
+from ..run_dir import finished_export
 from .language_model import LSTMLanguageModel, model_size
-from .run_dir import finished_export
-from .structured_sparsity import zero_groups
 
 FORMAT = "neuron-selection-lstm-lm/1"
 

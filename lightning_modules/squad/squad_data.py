@@ -47,8 +47,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import UserError
-from .resumable import ResumableSampler
+from ..errors import UserError
+from ..resumable import ResumableSampler
 
 TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1 of both vocabularies

@@ -10,7 +10,7 @@ import gzip
 import zlib
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def read_glove(path: str | Path, words: set[str]) -> tuple[dict[str, list[float]], int]:
