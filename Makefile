@@ -9,6 +9,7 @@ PROFILE ?= auto
 SIZES ?= 1500,1500 373,315
 EXPORTS ?=
 WORKERS ?= 1
+BENCH_ARGS ?=
 # Tests never touch the network: the Hub is unreachable there and W&B stays offline.
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
@@ -46,8 +47,8 @@ speed: | $(PY)  ## inference speed: EXPORTS="results/ptb/small/l0/export" (-> <r
 sweep: | $(PY)  ## run a sweep file locally and offline: SWEEP=sweeps/<file>.yaml [WORKERS=1]
 	WANDB_MODE=offline $(PY) -m reproduce sweep $(SWEEP) --workers $(WORKERS)
 
-bench: | $(PY)  ## training-step overhead of the gates -> results/bench/bench.json (run on an idle machine)
-	$(PY) -m reproduce bench
+bench: | $(PY)  ## training-step overhead of the gates -> results/bench/bench.json; BENCH_ARGS=--steps: eager vs fused vs graph steps, medium and large -> results/bench/steps.json (idle machine)
+	$(PY) -m reproduce bench $(BENCH_ARGS)
 
 lint: | $(PY)  ## ruff
 	$(PY) -m ruff check lightning_modules reproduce tests

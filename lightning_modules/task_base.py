@@ -148,6 +148,8 @@ class PrunedTask(L.LightningModule):
         return objective
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        if not self.automatic_optimization:
+            return  # manual optimisation (the LM's step_impl fused/graph): the step clips itself
         clip_(clipped_parameters(self.model.weight_parameters(), self.model.gate_parameters(),
                                  self.hparams.gate_update), self.hparams.max_grad_norm)
 
@@ -188,8 +190,10 @@ class PrunedTask(L.LightningModule):
     # epoch: the data module starts the epoch at the next batch (`resume_train_at`), and the
     # RNG that draws the gates' noise and dropout, the running epoch means and the task's
     # extras are put back at the first training batch after the restore, because Lightning
-    # starts the resumed epoch in between (on_train_epoch_start resets them, and anything
-    # that runs before that batch may draw from the RNG where the saved run did not).
+    # starts the resumed epoch in between (at an epoch boundary on_train_epoch_start resets
+    # them, and anything that runs before that batch may draw from the RNG where the saved run
+    # did not). Resumed mid-epoch, Lightning skips on_train_epoch_start: its pruning part
+    # (the gate freeze) then runs at that first batch too.
 
     def resume_extras(self) -> dict:
         """What the task carries across the batches of an epoch (saved mid-epoch only)."""
@@ -199,6 +203,11 @@ class PrunedTask(L.LightningModule):
         """Put back what `resume_extras` saved; `saved` is the whole exact-resume record."""
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._epoch_start is None:
+            # Lightning (2.6) does not call on_train_epoch_start when it resumes in the middle of
+            # an epoch: L0's gate freeze (from gates_freeze_epoch on) and the clock start here
+            self.pruning.on_train_epoch_start(self.model, self.current_epoch)
+            self._epoch_start = time.perf_counter()
         # counted when fetched, not when stepped on: a checkpoint written during this batch
         # comes after the data loader has handed it out
         self._batches_done = batch_idx + 1
@@ -237,6 +246,26 @@ class PrunedTask(L.LightningModule):
                 raise UserError(f"{type(datamodule).__name__} cannot resume in the middle of an epoch "
                                 "(no resume_train_at); resume from an epoch-end checkpoint")
             datamodule.resume_train_at(self._batches_done)
+
+
+def carry_step_count(checkpoint: dict, automatic: bool) -> None:
+    """Let a checkpoint written under one optimisation mode resume under the other (the LM's
+    model.step_impl eager <-> fused/graph): Lightning counts global_step in the progress tracker
+    of the mode that ran, so the other one's, which this run reads, would start again at 0."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    auto = loop.get("epoch_loop.automatic_optimization.optim_progress")
+    manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
+    if auto is None or manual is None:
+        return
+    steps = auto["optimizer"]["step"]
+    if automatic and steps["total"]["completed"] == 0 and manual["total"]["completed"] > 0:
+        for scope in ("total", "current"):
+            done = {"ready": manual[scope]["ready"], "completed": manual[scope]["completed"]}
+            steps[scope].update(done)
+            auto["optimizer"]["zero_grad"][scope].update(done, started=done["completed"])
+    elif not automatic and manual["total"]["completed"] == 0 and steps["total"]["completed"] > 0:
+        for scope in ("total", "current"):
+            manual[scope].update(ready=steps[scope]["ready"], completed=steps[scope]["completed"])
 
 
 def metric_state(metric: Metric) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@
   record RUN_DIR... --to DIR    copy finished runs' record files (no weights) to commit them
   speed                         measured inference speedup of exports, or of plain sizes
   sweep sweeps/FILE.yaml        a W&B sweep file run locally (offline), resumable
-  bench                         GatedLSTM vs nn.LSTM training-step overhead
+  bench                         training speed: gates overhead; --steps: eager vs fused vs graph steps
 Training one config is `python -m reproduce.train --config reproduce/configs/<name>.yaml`.
 Each command's module defines `add_arguments(parser)` and `run(args)`.
 """
@@ -25,7 +25,7 @@ COMMANDS = {
     "record": ("records", "copy finished runs' result, config, metrics and speed files (no weights) to commit"),
     "speed": ("speed", "inference latency of pruned exports or plain sizes: torch eager and ONNX Runtime"),
     "sweep": ("sweep", "run a W&B sweep YAML locally, offline, skipping finished runs"),
-    "bench": ("bench", "training-step overhead of GatedLSTM against nn.LSTM"),
+    "bench": ("bench", "training speed: the gates' overhead, or (--steps) eager vs fused vs graph training steps"),
 }
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from reproduce.bench import run_bench, train_steps
+from reproduce.bench import run_bench, run_step_bench, train_steps
 
 
 @pytest.fixture
@@ -53,3 +53,35 @@ def test_the_gated_step_pays_for_what_training_does(one_thread):
 
     steps["plain"]()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in plain.parameters())
+
+
+def test_quick_step_bench_times_each_step_impl_and_a_floor(tmp_path, one_thread):
+    """`bench --steps --quick`: whole training steps of the tiny LM through Lightning's loop, for
+    each step_impl this machine has (graph needs CUDA), with the matmul/bandwidth floor."""
+    out = tmp_path / "steps.json"
+    result = run_step_bench(str(out), quick=True, methods=["dense", "l0"])
+    on_disk = json.loads(out.read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    impls = ["eager", "fused"] + (["graph"] if torch.cuda.is_available() else [])
+    assert [(r["method"], r["impl"]) for r in on_disk["steps"]] == [(m, i) for m in ("dense", "l0") for i in impls]
+    for r in on_disk["steps"]:
+        assert r["size"] == "tiny" and r["n"] == on_disk["chunks"] == 3
+        assert 0 < r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
+        assert r["s_per_epoch"] == pytest.approx(r["median_ms"] * ((929_589 // 4 - 1) // 10) / 1e3)
+        assert r["ran_as"] == r["impl"]
+    floor = on_disk["floor"]
+    assert floor["flops_per_s"] > 0 and floor["bytes_per_s"] > 0
+    tiny = floor["per_size"]["tiny"]
+    # 3 x the forward's matmul FLOPs: 2 LSTM layers 16 -> 16 and the decoder to 500 words, 40 tokens
+    assert tiny["flops_per_step"] == 3 * 2 * (2 * 4 * 16 * 32 + 500 * 16) * 40
+    assert tiny["floor_ms"] == max(tiny["compute_ms"], tiny["memory_ms"]) > 0
+
+
+def test_step_bench_refuses_unknown_names():
+    from argparse import Namespace
+
+    from lightning_modules.errors import UserError
+    from reproduce.bench import run
+
+    with pytest.raises(UserError, match="bench --methods: unknown"):
+        run(Namespace(steps=True, out=None, quick=True, sizes=None, methods="dense,sideways", impls=None))

@@ -14,9 +14,12 @@ import pytest
 import torch
 from conftest import REPO
 
+from lightning_modules.fused_step import LMTrainStep
 from lightning_modules.lm.export import export_language_model, load_exported_language_model
 from lightning_modules.lm.language_model import LSTMLanguageModel
+from lightning_modules.lm.lm_task import LanguageModelTask
 from lightning_modules.pruning.hard_concrete import HardConcreteGate
+from lightning_modules.pruning.optim import clipped_parameters
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no GPU")
 
@@ -138,3 +141,98 @@ def test_gpu_run_stopped_mid_epoch_resumes_to_the_same_metrics(tmp_path):
     else:  # the kernels are not deterministic here: the resume may add no more than they do
         assert resume_gap <= 10 * run_to_run + 1e-6
     assert resumed["neurons_kept"] == first["neurons_kept"]
+
+
+# ---- the fused / graph training step (lightning_modules/fused_step.py) --------------------------
+
+STEP_METHODS = {
+    "dense": {"method": "none"},
+    "l0": {"method": "l0", "reg_lambda": 1e-4},
+    "l0_adam_gates": {"method": "l0", "reg_lambda": 1e-4, "gate_update": "adam"},
+    "group_lasso": {"method": "group_lasso", "reg_lambda": 1e-3},
+    "lasso": {"method": "lasso", "reg_lambda": 1e-5},
+    "magnitude": {"method": "magnitude", "target_neurons": [24, 20], "prune_end_step": 12, "prune_every": 5},
+}
+
+
+def _step_on_cuda(name: str, mode: str, seed: int = 0):
+    torch.manual_seed(seed)
+    task = LanguageModelTask(vocab_size=300, embedding_dim=32, hidden_sizes=[48, 40], dropout=0.2,
+                             gate_history_every=0, lr=0.5, **STEP_METHODS[name]).cuda().train()
+    optimizer = task.configure_optimizers()["optimizer"]
+    hp = task.hparams
+    step = LMTrainStep(task.model, task.pruning, optimizer, max_grad_norm=hp.max_grad_norm, mode=mode,
+                       clipped=clipped_parameters(task.model.weight_parameters(), task.model.gate_parameters(),
+                                                  hp.gate_update),
+                       loss_metric=task.train_ce, penalty_metric=task.train_penalty, device=torch.device("cuda"))
+    gen = torch.Generator().manual_seed(1)
+    windows = [tuple(torch.randint(0, 300, (6, 9), generator=gen).cuda() for _ in range(2)) for _ in range(16)]
+    return task, step, windows
+
+
+@pytest.mark.parametrize("name", list(STEP_METHODS))
+def test_graph_step_captures_and_matches_the_eager_step_on_cuda(name):
+    """3 eager warm-up steps, then the step is captured and replayed. It trains as the same step
+    run eagerly: the same noise (the CUDA generator advances by as much per replay as per eager
+    step), every parameter keeps moving (not frozen at capture time), magnitude's mask updates run
+    eagerly in between."""
+    results = {}
+    for mode in ("fused", "graph"):
+        torch.cuda.manual_seed(7)
+        task, step, windows = _step_on_cuda(name, mode)
+        losses, snapshot = [], None
+        for n, (x, y) in enumerate(windows, 1):
+            step(x, y, n)
+            losses.append(step.last_loss.clone())
+            if n == 8:
+                snapshot = [p.detach().clone() for p in task.parameters()]
+        if mode == "graph":
+            assert step.mode == "graph" and step._graphs, "capture failed (see stderr)"
+            moved = [not torch.equal(a, p) for a, p in zip(snapshot, task.parameters()) if p.requires_grad]
+            assert all(moved), [n for (n, _), m in zip(task.named_parameters(), moved) if not m]
+        results[mode] = (torch.stack(losses).cpu(), [p.detach().cpu() for p in task.parameters()])
+    (loss_f, w_f), (loss_g, w_g) = results["fused"], results["graph"]
+    assert _max_rel_diff(loss_g, loss_f) < 1e-4
+    for a, b in zip(w_g, w_f):
+        assert _max_rel_diff(a, b) < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["fused", "graph"])
+@pytest.mark.parametrize("name", list(STEP_METHODS))
+def test_training_step_never_syncs_with_the_host_on_cuda(name, mode):
+    """torch.cuda.set_sync_debug_mode("error") raises on any host sync; steps with magnitude's mask
+    updates (host work, outside the graph) are let through."""
+    task, step, windows = _step_on_cuda(name, mode)
+    step(*windows[0], 1)  # buffers allocated
+    try:
+        for n, (x, y) in enumerate(windows[1:], 2):
+            if task.pruning.host_update_due(n):
+                torch.cuda.set_sync_debug_mode(0)
+                step(x, y, n)
+                continue
+            torch.cuda.set_sync_debug_mode("error")
+            step(x, y, n)
+            torch.cuda.set_sync_debug_mode(0)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert step.nonfinite() is None
+
+
+@pytest.mark.slow
+def test_graph_training_run_matches_the_fused_one(tmp_path):
+    """The whole pipeline (Lightning, checkpoints, validation, test, export) with step_impl=graph,
+    against step_impl=fused: the same metrics up to the GPU's run-to-run noise."""
+    runs = {}
+    for impl in ("fused", "graph"):
+        cmd = [sys.executable, "-m", "reproduce.train", *GPU_TINY, "--run_dir", str(tmp_path / impl),
+               f"--model.step_impl={impl}", "--model.gate_history_every=0"]
+        runs[impl] = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                      env={**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"})
+    results = {}
+    for impl, proc in runs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        assert "capture failed" not in err, err[-3000:]
+        results[impl] = json.loads((tmp_path / impl / "result.json").read_text())
+    for key in ("val_ppl", "test_ppl"):
+        assert results["graph"]["metrics"][key] == pytest.approx(results["fused"]["metrics"][key], rel=1e-3)

@@ -23,10 +23,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from ..errors import UserError
-from ..pruning.optim import SGDWithAdamGroups, lr_factor, scheduled
+from ..fused_step import STEP_IMPLS, LMTrainStep
+from ..pruning.optim import SGDWithAdamGroups, clipped_parameters, lr_factor, scheduled
 from ..pruning.structured_sparsity import lstm_weight_matrices
 from ..run_dir import GATE_HISTORY_FILE
-from ..task_base import PrunedTask, load_metric_state, metric_state
+from ..task_base import PrunedTask, carry_step_count, load_metric_state, metric_state
 from .export import load_initial_weights, neurons_kept
 from .language_model import LSTMLanguageModel, model_size
 
@@ -60,6 +61,7 @@ class LanguageModelTask(PrunedTask):
         max_grad_norm: float | None = 5.0,
         init_from: str | None = None,
         gate_history_every: int = 200,
+        step_impl: Literal["eager", "fused", "graph"] = "eager",
         **kwargs,
     ) -> None:
         """
@@ -80,11 +82,22 @@ class LanguageModelTask(PrunedTask):
                 (pruning a trained model; iss-rnns' --restore_path). Sizes and vocabulary must match.
             gate_history_every: gated runs append every gate's P(z != 0) to gate_history.jsonl
                 every this many steps (and after each epoch); 0: after each epoch only.
+            step_impl: eager: Lightning's automatic optimisation (each piece of the step from its
+                own hook); fused: the whole step as one function of static tensors, run eagerly
+                (manual optimisation; the same numbers on the CPU); graph: that function captured
+                and replayed as one CUDA graph (falls back to fused, with one line, without CUDA or
+                if capture fails). See lightning_modules/fused_step.py.
             **kwargs: the pruning method, the gates and their optimisation: see
                 lightning_modules/task_base.py (PrunedTask).
         """
         super().__init__(lr=lr, max_grad_norm=max_grad_norm, **kwargs)
         hp = self.hparams
+        if step_impl not in STEP_IMPLS:
+            raise UserError(f"model.step_impl must be one of {', '.join(STEP_IMPLS)}, got {step_impl!r}")
+        # fused/graph: the step does backward, clip and update itself (fused_step.py)
+        self.automatic_optimization = step_impl == "eager"
+        self._train_step: LMTrainStep | None = None
+        self._saved_step_lr: list[float] | None = None
         targets = {}
         if sizes_from is not None:
             # the sizes another run kept: the dense model's (direct design) or magnitude's targets
@@ -156,6 +169,8 @@ class LanguageModelTask(PrunedTask):
         return logits, y
 
     def training_step(self, batch, batch_idx):
+        if not self.automatic_optimization:
+            return self._fused_training_step(batch, batch_idx)
         logits, y = self._step(batch)
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         objective = self.objective(ce, y.shape[0])
@@ -163,6 +178,58 @@ class LanguageModelTask(PrunedTask):
         self.train_ce.update(ce.detach(), weight=y.numel())
         self.log("train/loss", ce, on_step=True, on_epoch=False, prog_bar=True)
         return objective * y.shape[1]
+
+    def _fused_training_step(self, batch, batch_idx) -> None:
+        """step_impl fused/graph: one LMTrainStep call per window; nothing here reads the device,
+        except at the log interval."""
+        x, y = batch
+        step = self._get_train_step()
+        if self._state is not None:  # a resumed run's hidden state (apply_resume_extras)
+            step.load_state(self._state)
+            self._state = None
+        self._segment_len = y.shape[1]
+        number = self.global_step + 1
+        # through the LightningOptimizer, so that Lightning counts the step (global_step, step
+        # checkpoints, max_steps); fused=True: the closure is the whole step (SGDWithAdamGroups.step)
+        self.optimizers().step(closure=lambda: step(x, y, number), fused=True)
+        trainer = self.trainer
+        if batch_idx + 1 == trainer.num_training_batches:
+            # the epoch's lr schedule step, where automatic optimisation takes it: after the
+            # epoch's last optimizer step, before on_train_batch_end (which may checkpoint)
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
+        every = trainer.log_every_n_steps
+        if every and self.global_step % every == 0:  # the steps Lightning writes logs at
+            self._raise_if_nonfinite()
+            metrics = step.step_metrics()
+            # not on the progress bar: Lightning turns progress-bar values into Python numbers
+            # after every batch, which would read the device once per step
+            self.log("train/loss", metrics["loss"], on_step=True, on_epoch=False)
+            if "penalty" in metrics:
+                self.log("train/penalty_step", metrics["penalty"], on_step=True, on_epoch=False,
+                         batch_size=y.shape[0])
+
+    def _get_train_step(self) -> LMTrainStep:
+        optimizer = self.optimizers().optimizer
+        if self._train_step is None or self._train_step.optimizer is not optimizer:
+            hp = self.hparams
+            max_norm = hp.max_grad_norm if hp.max_grad_norm is not None and math.isfinite(hp.max_grad_norm) else None
+            clipped = clipped_parameters(self.model.weight_parameters(), self.model.gate_parameters(), hp.gate_update)
+            self._train_step = LMTrainStep(self.model, self.pruning, optimizer, clipped=clipped,
+                                           max_grad_norm=max_norm, mode=hp.step_impl, loss_metric=self.train_ce,
+                                           penalty_metric=self.train_penalty, device=self.device)
+            if self._saved_step_lr is not None:  # the lr tensors of the checkpoint resumed from
+                self._train_step.update.set_lr(self._saved_step_lr)
+                self._saved_step_lr = None
+        return self._train_step
+
+    def _raise_if_nonfinite(self) -> None:
+        """fused/graph: the first non-finite objective, recorded on the device, stops the run here."""
+        bad = self._train_step.nonfinite() if self._train_step is not None else None
+        if bad is not None:
+            raise UserError(f"the training loss became {bad[1]} at step {bad[0]}; "
+                            "lower model.lr or model.reg_lambda")
 
     def validation_step(self, batch, batch_idx):
         logits, y = self._step(batch)
@@ -185,6 +252,8 @@ class LanguageModelTask(PrunedTask):
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         self._state = None
+        if self._train_step is not None:
+            self._train_step.reset_state()
 
     def on_validation_epoch_start(self) -> None:
         self._train_state, self._state = self._state, None
@@ -202,6 +271,7 @@ class LanguageModelTask(PrunedTask):
         self.test_ppl.reset()
 
     def on_train_epoch_end(self) -> None:
+        self._raise_if_nonfinite()
         super().on_train_epoch_end()
         if self.train_ce.update_count:
             self.log("train_ppl", math.exp(min(float(self.train_ce.compute()), 50.0)))
@@ -263,8 +333,10 @@ class LanguageModelTask(PrunedTask):
     # starts the resumed epoch in between, which resets them.
 
     def resume_extras(self) -> dict:
-        # a checkpoint written during a mid-epoch validation finds the state set aside
-        state = self._state if self._state is not None else getattr(self, "_train_state", None)
+        if self._train_step is not None:  # fused/graph: the state lives in the step's buffers
+            state = self._train_step.hidden_state() if self._state is None else self._state
+        else:  # a checkpoint written during a mid-epoch validation finds the state set aside
+            state = self._state if self._state is not None else getattr(self, "_train_state", None)
         return {"hidden": [(h.cpu(), c.cpu()) for h, c in state] if state is not None else None,
                 "train_ce": metric_state(self.train_ce)}
 
@@ -273,3 +345,17 @@ class LanguageModelTask(PrunedTask):
             self._state = [(h.to(self.device), c.to(self.device)) for h, c in saved["hidden"]]
         if saved.get("train_ce") is not None:
             load_metric_state(self.train_ce, saved["train_ce"])
+
+    # fused/graph: each parameter group's lr as the step's tensors held it (the same values as the
+    # optimiser's param_groups, which Lightning checkpoints with the optimiser's state)
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._raise_if_nonfinite()  # never checkpoint weights a non-finite step has updated
+        super().on_save_checkpoint(checkpoint)
+        if self._train_step is not None:
+            checkpoint["train_step"] = {"lr": [t.detach().cpu().clone() for t in self._train_step.update.lr]}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        carry_step_count(checkpoint, self.automatic_optimization)  # saved under another step_impl
+        saved = checkpoint.get("train_step")
+        self._saved_step_lr = [float(lr) for lr in saved["lr"]] if saved else None

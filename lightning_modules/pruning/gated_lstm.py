@@ -19,15 +19,33 @@ T*B*n instead of 4H*n multiplications.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from .hard_concrete import LOUIZOS_LOG_ALPHA_RANGE, HardConcreteGate
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
+
+# cuDNN's note that it copies weights which are not one flat buffer: expected for the masked
+# recurrent weight (see lstm_with_weights), which is a new tensor on every call
+warnings.filterwarnings("ignore", message=r"RNN module weights are not part of single contiguous chunk")
+
+
+def lstm_with_weights(lstm: nn.LSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+                      weight_hh: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """A single-layer, unidirectional `lstm` run with its recurrent weight replaced by `weight_hh`.
+
+    The kernel nn.LSTM.forward calls, called directly. Not torch.func.functional_call: given a new
+    weight, nn.LSTM re-flattens all its weights into a new cuDNN buffer on every call and moves its
+    Parameters' storage there (Tensor.set_). A captured CUDA graph (lightning_modules/fused_step.py)
+    would then keep copying the weights from where they were at capture time, so weight_ih and the
+    biases would silently stop training. Same kernel and inputs, so the same numbers."""
+    weights = [lstm.weight_ih_l0, weight_hh, lstm.bias_ih_l0, lstm.bias_hh_l0]
+    out, h, c = torch._VF.lstm(x, state, weights, True, 1, 0.0, lstm.training, False, False)
+    return out, (h, c)
 
 
 @dataclass(frozen=True)
@@ -125,9 +143,7 @@ class GatedLSTM(nn.Module):
                 # input gate of this layer, and the previous layer's hidden gate (its consumer side)
                 col = z_in[k] if k == 0 else z_in[k] * z_hid[k - 1]
                 x = x * col
-                params = dict(lstm.named_parameters())
-                params["weight_hh_l0"] = params["weight_hh_l0"] * z_hid[k]
-                x, hc = functional_call(lstm, params, (x, state[k]))
+                x, hc = lstm_with_weights(lstm, x, state[k], lstm.weight_hh_l0 * z_hid[k])
             else:
                 x, hc = lstm(x, state[k])
             new_state.append(hc)

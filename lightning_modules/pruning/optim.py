@@ -37,11 +37,16 @@ class SGDWithAdamGroups(torch.optim.Optimizer):
         super().__init__(groups, {"lr": lr, "algorithm": "sgd", "betas": betas, "eps": eps})
 
     @torch.no_grad()
-    def step(self, closure: Callable | None = None):
+    def step(self, closure: Callable | None = None, fused: bool = False):
+        """fused: the closure is a whole training step that updates the parameters itself, with
+        these groups' rules (lightning_modules/fused_step.py); this call only runs it, so that
+        Lightning's manual optimisation counts the step."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if fused:
+            return loss
         for group in self.param_groups:
             lr = group["lr"]
             for p in group["params"]:

@@ -30,7 +30,6 @@ from .structured_sparsity import (
     l1_penalty,
     lstm_weight_matrices,
     scheduled_neuron_count,
-    threshold_,
     unit_group_norms,
     zhu_gupta_sparsity,
 )
@@ -56,7 +55,25 @@ class PruningMethod(nn.Module):
         return None
 
     def after_optimizer_step(self, model: nn.Module, step: int, num_steps: int) -> None:
-        """Called after every optimizer step; `step` counts optimizer steps done (from 1)."""
+        """Called after every optimizer step; `step` counts optimizer steps done (from 1).
+
+        The work is split in two so that a training step can be captured as one CUDA graph
+        (lightning_modules/fused_step.py): `host_update` is what needs the host (topk, counts) and
+        happens only on the steps `host_update_due` names; `step_ops` runs after every step and is
+        tensor ops only, with no value read back to the host."""
+        if self.host_update_due(step):
+            self.host_update(model, step)
+        self.step_ops(model, num_steps)
+
+    def host_update_due(self, step: int) -> bool:
+        """Whether optimizer step `step` (from 1) is followed by a `host_update`."""
+        return False
+
+    def host_update(self, model: nn.Module, step: int) -> None:
+        """Work after step `step` that may read values back to the host (magnitude's masks)."""
+
+    def step_ops(self, model: nn.Module, num_steps: int) -> None:
+        """Work after every step, in place and without a host sync (capturable in a CUDA graph)."""
 
     def on_train_epoch_start(self, model: nn.Module, epoch: int) -> None:
         """Called when a training epoch starts (also the epoch a resumed run continues)."""
@@ -87,7 +104,7 @@ class L0Gates(PruningMethod):
             return None  # frozen gates: the penalty is a constant
         return self.reg_lambda * model.expected_l0(self.form)
 
-    def after_optimizer_step(self, model, step, num_steps):
+    def step_ops(self, model, num_steps):
         for gate in hard_concrete_gates(model):
             gate.constrain_()
 
@@ -124,9 +141,12 @@ class _Thresholded(PruningMethod):
     def thresholded_tensors(self, model: nn.Module) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def after_optimizer_step(self, model, step, num_steps):
+    @torch.no_grad()
+    def step_ops(self, model, num_steps):
         if self.reg_lambda > 0 or self.threshold is not None:
-            threshold_(self.thresholded_tensors(model), self.threshold_for(num_steps))
+            threshold = self.threshold_for(num_steps)
+            for w in self.thresholded_tensors(model):  # threshold_ without its count (a host sync)
+                w.masked_fill_(w.abs() < threshold, 0.0)
 
 
 class GroupLasso(_Thresholded):
@@ -232,24 +252,38 @@ class Magnitude(PruningMethod):
 
     @torch.no_grad()
     def apply_masks(self, model: nn.Module) -> None:
+        # masked_fill_ with boolean masks, not p[rows] = 0: indexing by a boolean mask finds its
+        # True entries on the host (a sync per tensor), a masked fill does not
         units = prunable_units(model)
         if self.structured:
             for unit, alive in zip(units, self.alive()):
                 dead = ~alive
                 rows = dead.repeat(4)  # the neuron's row in each of the i, f, g, o blocks
                 for p in unit.lstm.parameters():
-                    p[rows] = 0.0
-                unit.lstm.weight_hh_l0[:, dead] = 0.0
+                    p.masked_fill_(rows.view(-1, *([1] * (p.dim() - 1))), 0.0)
+                unit.lstm.weight_hh_l0.masked_fill_(dead, 0.0)  # its recurrent column
                 for weight, cols in unit.consumers:
-                    weight[:, cols.to(weight.device)[dead].flatten()] = 0.0
+                    weight.masked_fill_(dead_columns(dead, cols.to(weight.device), weight.shape[1]), 0.0)
         else:
             for w, mask in zip(lstm_weight_matrices([u.lstm for u in units]), self.masks()):
                 w.mul_(mask)
 
-    def after_optimizer_step(self, model, step, num_steps):
-        if step >= self.begin and (step - self.begin) % self.every == 0 and step <= self.end + self.every:
-            self.update_masks(model, min(step, self.end))
+    def host_update_due(self, step):
+        return step >= self.begin and (step - self.begin) % self.every == 0 and step <= self.end + self.every
+
+    def host_update(self, model, step):
+        self.update_masks(model, min(step, self.end))
+
+    def step_ops(self, model, num_steps):
         self.apply_masks(model)
+
+
+def dead_columns(dead: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
+    """Boolean mask of a consumer's `width` columns read by a dead neuron (cols: (H, k) indices),
+    built by an index_add (no host sync), so a column read by several neurons is dead if any is."""
+    hits = torch.zeros(width, device=dead.device)
+    hits.index_add_(0, cols.flatten(), dead[:, None].expand(cols.shape).flatten().to(hits.dtype))
+    return hits > 0
 
 
 _CLASSES = {"none": PruningMethod, "l0": L0Gates, "group_lasso": GroupLasso, "lasso": Lasso,
