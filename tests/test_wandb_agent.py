@@ -325,12 +325,15 @@ def preempted_sweep(tmp_path_factory, tiny_ptb) -> dict:
     workdir, env = _slurm_submit_dir(tmp_path)
     path = REPO / "sweeps" / "ptb_smoke_l0.yaml"
     sweep_id, run_id = wandb_id("slurm sweep"), wandb_id("slurm run")
-    # 62 steps an epoch (ten-token windows), a gate-history line a step to see where training is;
-    # W&B logs offline (WANDB_MODE), as on a cluster node without a login
+    # 620 steps an epoch (rows of 2, ten-token windows): the signal travels batch shell -> agent ->
+    # run, and with fewer steps (62 were tried) a loaded machine let training end before it
+    # arrived (the run then stops outside a training step, with no new checkpoint); a
+    # gate-history line a step shows where training is; W&B logs offline (WANDB_MODE), as on a
+    # cluster node without a login
     point = {**controller_points(path, 1, tmp_path / "controller")[0], "trainer.max_epochs": 2,
              "trainer.limit_val_batches": 2, "trainer.limit_test_batches": 2, "trainer.enable_progress_bar": False,
              "model.embedding_dim": 8, "model.hidden_sizes": [8, 8], "model.gate_history_every": 1,
-             "data.source": "local", "data.data_dir": str(tiny_ptb), "data.num_steps": 10}
+             "data.source": "local", "data.data_dir": str(tiny_ptb), "data.num_steps": 10, "data.batch_size": 2}
     point = dict(sorted(point.items()))
     server = StubServer.create(env[STATE_ENV], path.read_text(), "reproduce.train")
     server.enqueue(run_id, point)
