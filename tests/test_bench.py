@@ -1,7 +1,10 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import REPO
 
 from reproduce.bench import run_bench, run_step_bench, train_steps
 
@@ -85,3 +88,15 @@ def test_step_bench_refuses_unknown_names():
 
     with pytest.raises(UserError, match="bench --methods: unknown"):
         run(Namespace(steps=True, out=None, quick=True, sizes=None, methods="dense,sideways", impls=None))
+
+
+def test_gpu_window_scripts_parse():
+    """reproduce/gpu: the window's scripts are valid bash, the concurrency script starts. (The
+    window's dry run, WINDOW_DRY_RUN=1 bash reproduce/gpu/window.sh, takes minutes: not here.)"""
+    for script in ("window.sh", "fetch_wheels.sh"):
+        path = REPO / "reproduce" / "gpu" / script
+        checked = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr
+    usage = subprocess.run([sys.executable, str(REPO / "reproduce" / "gpu" / "concurrency.py"), "--help"],
+                           capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and "per 10 minutes" in usage.stdout and "--counts" in usage.stdout
