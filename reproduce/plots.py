@@ -24,10 +24,12 @@ from pathlib import Path
 
 from lightning_modules.atomic import atomic_write_bytes
 
+from .fronts import FRONT_METRIC, pareto_front
 from .runs import Run, flops_after, flops_before, gate_history, is_reference, method_rank, scale_and_section
 
 # metric, axis label, lower is better
-PLOT_METRIC = {"ptb": ("test_ppl", "test perplexity (per word)", True), "squad": ("f1", "F1 on SQuAD dev (%)", False)}
+_YLABEL = {"ptb": "test perplexity (per word)", "squad": "F1 on SQuAD dev (%)"}
+PLOT_METRIC = {d: (metric, _YLABEL[d], lower) for d, (metric, lower) in FRONT_METRIC.items()}
 COLORS = ("black", "tab:red", "tab:blue", "tab:purple", "tab:green", "tab:orange", "tab:brown", "tab:pink",
           "tab:olive", "tab:cyan", "tab:gray")
 MARKERS = ("s", "o", "^", "D", "v", "P", "X", "<", ">", "*", "h")
@@ -48,16 +50,6 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
     return path
-
-
-def pareto_front(points: list[tuple[float, float]], lower_is_better: bool) -> list[tuple[float, float]]:
-    """The points no other point beats with fewer-or-equal x, sorted by x."""
-    front, best = [], None
-    for x, y in sorted(points, key=lambda p: (p[0], p[1] if lower_is_better else -p[1])):
-        if best is None or (y < best if lower_is_better else y > best):
-            front.append((x, y))
-            best = y
-    return front
 
 
 class Styles:

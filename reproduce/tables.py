@@ -22,6 +22,7 @@ from pathlib import Path
 from lightning_modules.atomic import atomic_write_text
 from lightning_modules.errors import UserError
 
+from .fronts import FRONT_METRIC, covered, dominated_by
 from .reported import load_reported
 from .runs import (
     BIDAF_PAPER_HIDDEN,
@@ -122,7 +123,8 @@ def summarize(dataset: str, runs: list[Run], where: str) -> dict:
     speeds = [run_speed(run) for run in runs]
     row = {
         "section": section, "size": size, "scale": scale, "method": first.result.get("method"),
-        "label": first.label, "rank": method_rank(first), "from_scratch": not first.hparams.get("sizes_from"),
+        "label": first.label, "rank": method_rank(first), "gated": bool(first.properties.get("gated")),
+        "reference": is_reference(first), "from_scratch": not first.hparams.get("sizes_from"),
         "lambda": first.result.get("lambda"), "target": target_of(first), "profile": first.result.get("profile"),
         "seeds": [run.result.get("seed") for run in runs], "runs": [run.name for run in runs],
         "commands": [run.result.get("command") or "" for run in runs],
@@ -264,8 +266,11 @@ def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources
                      fmt_number(entry.get(m1), ".2f"), fmt_number(entry.get(m2), ".2f"),
                      fmt_number(d1, "+.2f"), fmt_number(d2, "+.2f"), "" if speed is None else f"{speed:.2f}x"])
 
+    row_ids: dict[int, str] = {}  # id(row) -> its rN
+
     def run_line(row: dict) -> str:
         label = f"r{len(commands) + 1}"
+        row_ids[id(row)] = label
         seeds = ", ".join(str(s) for s in row["seeds"])
         commands.append(f"- **{label}** ({', '.join(row['runs'])}; seed {seeds}):\n" + "\n".join(
             f"  `{c}`" if c else "  (command not recorded in result.json)" for c in row["commands"]))
@@ -297,6 +302,7 @@ def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources
             else:
                 out.append(reported_line(item, "not yet run: reported", None))
         out.append("")
+    out += render_fronts(dataset, rows, row_ids, h3)
     if commands:
         out += [f"{h3} Commands", "", *commands, ""]
     if notes:
@@ -314,6 +320,79 @@ def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources
     if unfinished:
         out += [f"Unfinished (no result.json yet, not in the table): {', '.join(unfinished)}.", ""]
     return "\n".join(out)
+
+
+def _front_costs(row: dict) -> dict[str, float | None]:
+    """What a row costs on each front: FLOPs per token, and batch-1 time relative to the dense model."""
+    b1 = row["speedup_b1"].mean
+    return {"flops": row["flops_per_token"].mean, "latency": 1.0 / b1 if b1 else None}
+
+
+def render_fronts(dataset: str, rows: list[dict], row_ids: dict[int, str], h3: str) -> list[str]:
+    """Per model scale: which rows dominate which on the quality-against-FLOPs and the
+    quality-against-batch-1-time fronts, and, for the gated method (the paper's) against every other
+    pruning method, how many of one's rows the other dominates. Computed, so that a verdict in prose
+    can be checked against the records."""
+    metric, lower = FRONT_METRIC[dataset]
+    name = METRIC_NAMES[metric]
+    flops = "FLOPs/question" if dataset == "squad" else "FLOPs/token"
+    sections: dict[str, list[dict]] = {}
+    for row in rows:
+        if row[metric].mean is not None and row["flops_per_token"].mean is not None:
+            sections.setdefault(row["section"], []).append(row)
+    sections = {t: rs for t, rs in sections.items() if len({r["label"] for r in rs}) > 1}
+    if not sections:
+        return []
+    out = [f"{h3} Pareto fronts", "",
+           f"Row A dominates row B when A has no more {flops} (or no more batch-1 time: 1 / speedup b1) and "
+           f"no {'higher' if lower else 'lower'} {name}, and is strictly better in one of the two; a row no "
+           "other row dominates is on the front. Means over seeds, from the rows above "
+           "(`reproduce/fronts.py`).", ""]
+    for title, section_rows in sections.items():
+        ids = [row_ids[id(r)] for r in section_rows]
+        by_id = dict(zip(ids, section_rows))
+        verdicts = {}
+        for front in ("flops", "latency"):
+            points = {i: (_front_costs(r)[front], r[metric].mean) for i, r in by_id.items()
+                      if _front_costs(r)[front] is not None}
+            verdicts[front] = (points, dominated_by(points, lower))
+
+        def cell(front: str, i: str) -> str:
+            points, dom = verdicts[front]
+            if i not in points:
+                return NOT_MEASURED
+            return "on the front" if not dom[i] else "dominated by " + ", ".join(dom[i])
+
+        out += [f"**{title}**", "", f"| row | method | λ / target | {flops} | speedup b1 | {name} "
+                "| against FLOPs | against batch-1 time |", "|---" * 8 + "|"]
+        for i, r in by_id.items():
+            out.append(f"| {i} | {r['label']} | {r['target']} | {fmt_stat(r['flops_per_token'], ',.0f')} | "
+                       f"{fmt_stat(r['speedup_b1'], '.2f', 'x') or NOT_MEASURED} | {fmt_stat(r[metric])} | "
+                       f"{cell('flops', i)} | {cell('latency', i)} |")
+        out.append("")
+        labels = list(dict.fromkeys(r["label"] for r in section_rows))
+        gated = [lab for lab in labels if any(r["gated"] for r in section_rows if r["label"] == lab)]
+        others = [lab for lab in labels if lab not in gated
+                  and not any(r["reference"] for r in section_rows if r["label"] == lab)]
+        for g in gated:
+            for o in others:
+                parts = []
+                for front, what in (("flops", flops), ("latency", "batch-1 time")):
+                    points = verdicts[front][0]
+                    mine = {i: p for i, p in points.items() if by_id[i]["label"] == g}
+                    theirs = {i: p for i, p in points.items() if by_id[i]["label"] == o}
+                    if not mine or not theirs:
+                        parts.append(f"against {what}: not measured")
+                        continue
+                    won, lost = covered(theirs, mine, lower), covered(mine, theirs, lower)
+                    answer = "yes" if won == len(theirs) and not lost else "no"
+                    parts.append(f"against {what}: **{answer}**: {g} dominates {won} of {len(theirs)} "
+                                 f"{o} row{'s' * (len(theirs) != 1)}, {o} dominates {lost} of {len(mine)} "
+                                 f"{g} row{'s' * (len(mine) != 1)}")
+                out.append(f"- Does {g} dominate {o}? " + "; ".join(parts) + ".")
+        if gated and others:
+            out.append("")
+    return out
 
 
 # ---- CSV --------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import pytest
 from fixtures.run_dirs import gate_history_lines, make_runs, result, speed_json, write_run
 
-from reproduce.plots import PLOT_METRIC, Styles, _points, pareto_figure, pareto_front, write_plots
+from reproduce.plots import PLOT_METRIC, Styles, _points, pareto_figure, write_plots
 from reproduce.runs import flops_after, load_run_dirs, make_run, read_gate_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,12 +42,6 @@ def runs_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(runs_dir):
     return load_run_dirs(runs_dir)[0]
-
-
-def test_pareto_front_keeps_only_undominated_points():
-    pts = [(10, 5.0), (5, 7.0), (20, 6.0), (30, 4.0), (1, 9.0)]
-    assert pareto_front(pts, lower_is_better=True) == [(1, 9.0), (5, 7.0), (10, 5.0), (30, 4.0)]
-    assert pareto_front(pts, lower_is_better=False) == [(1, 9.0)]
 
 
 def test_plots_are_written_as_png_images(runs, tmp_path):
