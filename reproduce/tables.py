@@ -328,6 +328,13 @@ def _front_costs(row: dict) -> dict[str, float | None]:
     return {"flops": row["flops_per_token"].mean, "latency": 1.0 / b1 if b1 else None}
 
 
+def _front_cell(verdict: tuple[dict, dict], row_id: str) -> str:
+    points, dominated = verdict
+    if row_id not in points:
+        return NOT_MEASURED
+    return "dominated by " + ", ".join(dominated[row_id]) if dominated[row_id] else "on the front"
+
+
 def render_fronts(dataset: str, rows: list[dict], row_ids: dict[int, str], h3: str) -> list[str]:
     """Per model scale: which rows dominate which on the quality-against-FLOPs and the
     quality-against-batch-1-time fronts, and, for the gated method (the paper's) against every other
@@ -357,18 +364,12 @@ def render_fronts(dataset: str, rows: list[dict], row_ids: dict[int, str], h3: s
                       if _front_costs(r)[front] is not None}
             verdicts[front] = (points, dominated_by(points, lower))
 
-        def cell(front: str, i: str) -> str:
-            points, dom = verdicts[front]
-            if i not in points:
-                return NOT_MEASURED
-            return "on the front" if not dom[i] else "dominated by " + ", ".join(dom[i])
-
         out += [f"**{title}**", "", f"| row | method | λ / target | {flops} | speedup b1 | {name} "
                 "| against FLOPs | against batch-1 time |", "|---" * 8 + "|"]
         for i, r in by_id.items():
             out.append(f"| {i} | {r['label']} | {r['target']} | {fmt_stat(r['flops_per_token'], ',.0f')} | "
                        f"{fmt_stat(r['speedup_b1'], '.2f', 'x') or NOT_MEASURED} | {fmt_stat(r[metric])} | "
-                       f"{cell('flops', i)} | {cell('latency', i)} |")
+                       f"{_front_cell(verdicts['flops'], i)} | {_front_cell(verdicts['latency'], i)} |")
         out.append("")
         labels = list(dict.fromkeys(r["label"] for r in section_rows))
         gated = [lab for lab in labels if any(r["gated"] for r in section_rows if r["label"] == lab)]
