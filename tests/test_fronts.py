@@ -80,3 +80,16 @@ def test_unmeasured_speed_is_said_not_guessed(tmp_path):
     iss_line = next(line for line in section.splitlines() if "| ISS group Lasso |" in line)
     assert iss_line.endswith("| not measured | 101.60 | on the front | not measured |")
     assert "against batch-1 time: not measured." in section
+
+
+def test_a_method_dominates_when_each_row_of_the_other_is_dominated(tmp_path):
+    """An L0 row beaten by an ISS row that another L0 row beats is off L0's own front: L0's front
+    still dominates ISS's."""
+    runs = tmp_path / "runs"
+    _write(runs, "dense", [200, 200], 112.0, 1.0, "dense")
+    _write(runs, "l0_big", [150, 190], 110.0, 1.1, "L0", lam=5e-7, gated=True)
+    _write(runs, "iss", [140, 180], 105.0, 1.15, "ISS group Lasso", lam=1e-4, zeroes_weights=True)
+    _write(runs, "l0_small", [120, 170], 104.0, 1.3, "L0", lam=1e-6, gated=True)
+    section = fronts_section(write_tables("ptb", runs, tmp_path / "a")["markdown"].read_text())
+    assert ("against FLOPs/token: **yes**: L0 dominates 1 of 1 ISS group Lasso row, ISS group Lasso "
+            "dominates 1 of 2 L0 rows") in section
