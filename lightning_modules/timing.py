@@ -113,11 +113,18 @@ def hardware() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+GPU_MARK = "(CUDA)"  # ends the summary of work that ran on a GPU: tables label such runs by it
+
+
+def trained_on_gpu(summary: str) -> bool:
+    return summary.endswith(GPU_MARK)
+
+
 def hardware_summary(device: str | None = None, info: dict | None = None) -> str:
     """One line for a result file: the GPU when the work ran on one (device None: whenever torch
     sees one), else the CPU with its cores, torch version and threads."""
     info = info or hardware()
     if info["gpu"] and device in (None, "cuda"):
-        return f"{info['gpu']} (CUDA)"
+        return f"{info['gpu']} {GPU_MARK}"
     return (f"{info['cpu']}, {info['logical_cores']} CPU cores, torch {info['torch']}, "
             f"{info['torch_threads']} threads")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lightning_modules.atomic import atomic_write_text
 from lightning_modules.errors import UserError
+from lightning_modules.timing import trained_on_gpu
 
 from .fronts import FRONT_METRIC, covered, dominated_by
 from .reported import load_reported
@@ -128,6 +129,8 @@ def summarize(dataset: str, runs: list[Run], where: str) -> dict:
         "lambda": first.result.get("lambda"), "target": target_of(first), "profile": first.result.get("profile"),
         "seeds": [run.result.get("seed") for run in runs], "runs": [run.name for run in runs],
         "commands": [run.result.get("command") or "" for run in runs],
+        # what each seed trained on (result["hardware"], timing.hardware_summary: a GPU or the CPU)
+        "trained_on": list(dict.fromkeys(str(run.result["hardware"]) for run in runs if run.result.get("hardware"))),
         "run_dirs": [f"{where}/{run.name}" if run.run_dir else f"wandb:{run.name}" for run in runs],
         "hidden_total": neurons(first.result, "neurons_total", "hidden"),
         "hidden_kept": _per_layer([neurons(run.result, "neurons_kept", "hidden") for run in runs]),
@@ -272,14 +275,16 @@ def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources
         label = f"r{len(commands) + 1}"
         row_ids[id(row)] = label
         seeds = ", ".join(str(s) for s in row["seeds"])
-        commands.append(f"- **{label}** ({', '.join(row['runs'])}; seed {seeds}):\n" + "\n".join(
+        on = f"; trained on {' / '.join(row['trained_on'])}" if row["trained_on"] else ""
+        commands.append(f"- **{label}** ({', '.join(row['runs'])}; seed {seeds}{on}):\n" + "\n".join(
             f"  `{c}`" if c else "  (command not recorded in result.json)" for c in row["commands"]))
         speed = fmt_speed(row)
         if row["speed_note"]:
             if row["speed_note"] not in notes:
                 notes.append(row["speed_note"])
             speed += f" (n{notes.index(row['speed_note']) + 1})"
-        return line([label, row["label"], row["target"], seeds,
+        gpu = " (GPU)" if any(trained_on_gpu(h) for h in row["trained_on"]) else ""
+        return line([label, row["label"] + gpu, row["target"], seeds,
                      fmt_layers(row["hidden_kept"]), fmt_layers(row["input_kept"]), fmt_stat(row["params"], ",.0f"),
                      fmt_stat(row["flops_per_token"], ",.0f"), fmt_stat(row[m1]), fmt_stat(row[m2]), "", "", speed])
 
@@ -410,7 +415,7 @@ def csv_fields(dataset: str) -> list[str]:
             "speedup_b1_mean", "speedup_b1_std", "speedup_b20_mean", "speedup_b20_std", "latency_b1_ms_mean",
             "speed_note", "reported_id", "reported_source", "reported_hidden_sizes", "reported_lambda",
             "reported_params", "reported_flops_per_token", *(f"reported_{x}" for x in m), "reported_speedup",
-            *(f"diff_{x}" for x in m), "reported_note", "profile", "commands", "run_dirs"]
+            *(f"diff_{x}" for x in m), "reported_note", "profile", "trained_on", "commands", "run_dirs"]
 
 
 def _reported_fields(dataset: str, entry: dict, row: dict | None) -> dict:
@@ -429,7 +434,8 @@ def _row_fields(dataset: str, row: dict) -> dict:
            "label": row["label"], "lambda": row["lambda"], "target": row["target"], "seeds": _csv_list(row["seeds"]),
            "n_seeds": len(row["seeds"]), "runs": _csv_list(row["runs"]), "hidden_total": _csv_list(row["hidden_total"]),
            "speed_note": row["speed_note"] or ("" if row["speedup_b1"].n or row["speedup_b20"].n else NOT_MEASURED),
-           "profile": row["profile"], "commands": _csv_list(row["commands"]), "run_dirs": _csv_list(row["run_dirs"]),
+           "profile": row["profile"], "trained_on": _csv_list(row["trained_on"]),
+           "commands": _csv_list(row["commands"]), "run_dirs": _csv_list(row["run_dirs"]),
            "speedup_flops_mean": row["speedup_flops"].mean, "latency_b1_ms_mean": row["latency_b1_ms"].mean}
     for kind in ("hidden_kept", "input_kept"):
         layers = row[kind]

@@ -348,3 +348,19 @@ def test_heading_level_moves_every_heading(labelled, tmp_path):
     headings = [line.split(" ")[0] for line in md.splitlines() if line.startswith("#")]
     assert headings[0] == "###" and set(headings) == {"###", "####", "#####"}
     assert "#### small (2x200)" in md and "##### Commands" in md
+
+
+def test_gpu_runs_are_labelled_and_every_row_says_what_it_trained_on(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "dense", {**with_props(result("none", [200, 200], [200, 200], 117.0, 112.26), label="dense"),
+                              "hardware": "AMD EPYC, 2 CPU cores, torch 2.13.0+cpu, 1 threads"})
+    write_run(runs, "l0", {**with_props(result("l0", [200, 200], [112, 105], 122.0, 118.0, lam=1e-7), label="L0",
+                                        gated=True), "hardware": "NVIDIA H200 (CUDA)"})
+    out = write_tables("ptb", runs, tmp_path / "out")
+    md = out["markdown"].read_text()
+    lines = md_lines(md)
+    assert cells(lines, "r1")["method"] == "dense" and cells(lines, "r2")["method"] == "L0 (GPU)"
+    assert "- **r2** (l0; seed 1; trained on NVIDIA H200 (CUDA)):" in md
+    assert "- **r1** (dense; seed 1; trained on AMD EPYC, 2 CPU cores, torch 2.13.0+cpu, 1 threads):" in md
+    by_label = {r["label"]: r for r in csv.DictReader(out["csv"].open())}
+    assert json.loads(by_label["L0"]["trained_on"]) == ["NVIDIA H200 (CUDA)"]
