@@ -174,7 +174,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--results", default="results", help="root folder of the run dirs")
     parser.add_argument("--workers", type=int, default=None,
                         help="runs side by side (default: the profile's, 2 for the CPU profiles)")
+    parser.add_argument("--train-arg", action="append", default=[], metavar="ARG", dest="train_args",
+                        help="one more argument for every training command, after the profile's own "
+                             "(repeatable; with '=', as the value starts with --), e.g. "
+                             "--train-arg=--model.step_impl=graph")
+    parser.add_argument("--no-analyse", action="store_true",
+                        help="only the runs: no speed measurement, tables or plots afterwards")
 
 
 def run(args) -> None:
-    run_profile(args.dataset, args.profile, args.results, workers=args.workers)
+    run_profile(args.dataset, args.profile, args.results, workers=args.workers, extra_args=args.train_args,
+                analyse=not args.no_analyse)

@@ -92,6 +92,30 @@ def test_profile_runs_only_unfinished_and_direct_design_after_its_source(tmp_pat
     assert started.index("direct") > started.index("l0")
 
 
+def test_profile_command_passes_train_args_last_and_can_skip_the_analysis(tmp_path, monkeypatch):
+    from reproduce.__main__ import main
+
+    commands = []
+
+    class FakeProc:
+        def __init__(self, cmd, **kwargs):
+            self.cmd, self.returncode = cmd, None
+            commands.append(cmd)
+
+        def poll(self):
+            _fake_result(Path(self.cmd[self.cmd.index("--run_dir") + 1]), "x")
+            self.returncode = 0
+            return 0
+
+    monkeypatch.setattr("reproduce.run_queue.subprocess.Popen", FakeProc)
+    monkeypatch.setattr(profiles, "analyse_runs", lambda *a, **k: pytest.fail("analysed despite --no-analyse"))
+    assert main(["profile", "ptb", "--profile", "smoke", "--results", str(tmp_path), "--no-analyse",
+                 "--train-arg=--model.step_impl=graph", "--train-arg=--wandb=disabled"]) in (0, None)
+    assert len(commands) == len(profiles.PROFILES["ptb"]["smoke"].runs)
+    for cmd in commands:  # after the profile's own arguments, so they win
+        assert cmd[-2:] == ["--model.step_impl=graph", "--wandb=disabled"]
+
+
 def test_small_profile_holds_the_whole_comparison():
     """dense; L0 at 3 lambdas and ISS at 2, from scratch and fine-tuned from the dense run;
     magnitude and the direct design at the L0 run's sizes."""

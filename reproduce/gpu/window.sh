@@ -10,6 +10,9 @@
 #   5. at DEADLINE every run still training gets SIGTERM (it checkpoints and exits 143: the same
 #      command resumes it), the finished exports are timed, and what must come back is packed
 #      into at most 8 files of at most 16 MiB under $OUT.
+# WINDOW_PLAN=small instead runs issue 12's whole small comparison (the 13 runs of the small
+# profile, side by side, step_impl=graph), times each export on the machine's CPU (one thread) and
+# packs the run records: see reproduce/gpu/README.md.
 # Dry run, on a CPU machine, in seconds: WINDOW_DRY_RUN=1 bash reproduce/gpu/window.sh
 # (tiny sizes, the bench's --quick, step_impl=graph falling back to the eager fused step).
 set -u
@@ -28,7 +31,7 @@ if [ "$DRY" = 1 ]; then
   # seconds, tiny models, the CPU: the same schedule and the same commands, shrunk
   PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
   DEADLINE=${WINDOW_DEADLINE_S:-170}; LARGE_AT=${WINDOW_LARGE_AT_S:-110}
-  BENCH_S=60; TEST_S=90; NICE="nice -n 19"
+  BENCH_S=60; TEST_S=90; NICE=${WINDOW_NICE-nice -n 19}  # WINDOW_NICE= : not niced (a busy machine starves nice 19)
   export OMP_NUM_THREADS=1
   SHRINK=(--data.train_tokens=6000 --model.embedding_dim=16 "--model.hidden_sizes=[16,16]"
           --trainer.max_epochs=2 --data.test_batch_size=20)
@@ -79,6 +82,35 @@ if [ "$DRY" != 1 ] && [ "${WINDOW_MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-c
   fi
 fi
 say "environment ready (MPS: $MPS)"
+
+# ---- the small plan: the small profile's 13 runs in one window --------------------------------------
+if [ "${WINDOW_PLAN:-paper}" = small ]; then
+  SMALL=$R/ptb/small
+  if [ "$DRY" = 1 ]; then SMALL_END=${WINDOW_DEADLINE_S:-150}; SPEED_S=60; WORKERS=${WINDOW_WORKERS:-2}
+  else SMALL_END=${WINDOW_DEADLINE_S:-380}; SPEED_S=120; WORKERS=${WINDOW_WORKERS:-8}; fi
+  TRAIN_ARGS=(--train-arg=--wandb=disabled --train-arg=--model.step_impl=graph
+              --train-arg=--trainer.enable_progress_bar=false)
+  for a in "${SHRINK[@]}"; do TRAIN_ARGS+=("--train-arg=$a"); done
+  say "small profile: $WORKERS runs side by side until ${SMALL_END}s"
+  # SIGINT at the deadline: the runner stops its runs (each checkpoints) and exits; what finished stays
+  timeout -s INT -k 40 $(( SMALL_END - $(el) )) $NICE $PY -m reproduce profile ptb --profile small \
+    --results "$R" --workers "$WORKERS" --no-analyse "${TRAIN_ARGS[@]}" > "$R/profile.log" 2>&1
+  say "profile rc=$? ($(ls "$SMALL"/*/result.json 2>/dev/null | wc -l) of 13 runs finished)"
+  grep -E "started|finished|FAILED|not started" "$R/profile.log" >> "$LOG"
+  EXPORTS=$(ls -d "$SMALL"/*/export 2>/dev/null | while read -r e; do [ -f "$(dirname "$e")/result.json" ] && echo "$e"; done)
+  if [ -n "$EXPORTS" ]; then  # the CPU, one thread: the setting of the CPU table; --quick for the time
+    timeout "$SPEED_S" $NICE $PY -m reproduce speed --export $EXPORTS --backends torch --threads 1 --devices cpu \
+      --quick > "$R/speed.log" 2>&1
+    say "speed of the finished exports rc=$?"
+    $PY -m reproduce table ptb --runs "$SMALL" >> "$R/speed.log" 2>&1
+  fi
+  cp -f "$R/speed.log" "$R/profile.log" "$OUT/" 2>/dev/null
+  tar czf "$OUT/runs_small.tgz" -C "$SMALL" --exclude='*.ckpt' --exclude='*.safetensors' --exclude='*.onnx' \
+    --exclude='*.tmp' --exclude=wandb . 2>/dev/null
+  [ "$MPS" = 1 ] && echo quit | nvidia-cuda-mps-control > /dev/null 2>&1
+  say "done; back in \$OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
+  exit 0
+fi
 
 pack() {  # what must come back, repacked whenever called (a window cut short keeps the last pack)
   local kind files
