@@ -3,7 +3,7 @@
 import pytest
 from fixtures.run_dirs import gate_history_lines, make_runs, result, speed_json, write_run
 
-from reproduce.plots import PLOT_METRIC, Styles, _points, pareto_figure, write_plots
+from reproduce.plots import PLOT_METRIC, Styles, _points, latency_of, pareto_figure, write_plots
 from reproduce.runs import flops_after, load_run_dirs, make_run, read_gate_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -77,6 +77,18 @@ def test_one_front_per_label_and_every_run_drawn(runs):
     # the dominated L0 run (lambda 2e-7) is drawn as a hollow marker, not left out
     hollow = [c.get_offsets().tolist() for c in ax.collections if not len(c.get_facecolors())]
     assert [[370000.0, 125.0]] in hollow
+
+
+def test_latency_is_one_dense_reference_over_each_paired_speedup(tmp_path):
+    """Two speed runs that drifted (dense timed at 0.10 and 0.12 ms) with the same 2x speedup land
+    at the same latency: the median dense time over the speedup, not their own absolute times."""
+    root = tmp_path / "runs"
+    write_run(root, "dense", result("none", [200, 200], [200, 200], 117.0, 112.26), speed=speed_json(1.0, 1.0, 0.11))
+    write_run(root, "a", result("l0", [200, 200], [80, 70], 125.0, 121.0, lam=1e-6), speed=speed_json(2.0, 2.0, 0.05))
+    write_run(root, "b", result("l0", [200, 200], [80, 70], 126.0, 122.0, lam=2e-6), speed=speed_json(2.0, 2.0, 0.06))
+    runs, _ = load_run_dirs(root)
+    x = {run.name: latency_of("ptb", runs)(run) for run in runs}
+    assert x == pytest.approx({"dense": 0.11, "a": 0.055, "b": 0.055})
 
 
 def test_latency_plot_is_skipped_with_a_note_when_nothing_was_measured(tmp_path, capsys):
