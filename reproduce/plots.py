@@ -238,12 +238,13 @@ def _safe_name(name: str) -> str:
 
 # ---- entry point ---------------------------------------------------------------------------------
 
-def latency_of(dataset: str, runs: list[Run]) -> Callable[[Run], float | None]:
+def latency_of(dataset: str, runs: list[Run],
+               dense_ms: dict[str, tuple[float, str]] | None = None) -> Callable[[Run], float | None]:
     """A run's batch-1 time for the latency plot: one dense reference per scale (the median of
-    the dense times every speed.json holds) divided by the run's paired speedup, rather than each
-    run's own absolute time. Separate speed runs drift by ~10 % in absolute terms, the
-    back-to-back ratios do not, and the tables' fronts use the same ratios."""
-    dense_ms = _dense_latency(dataset, runs)
+    the dense times every speed.json holds; `dense_ms` if the caller has it) divided by the run's
+    paired speedup, rather than each run's own absolute time. Separate speed runs drift by ~10 %
+    in absolute terms, the back-to-back ratios do not, and the tables' fronts use the same ratios."""
+    dense_ms = _dense_latency(dataset, runs) if dense_ms is None else dense_ms
 
     def latency(run: Run) -> float | None:
         dense = dense_ms.get(scale_and_section(dataset, run)[1], (None,))[0]
@@ -261,7 +262,7 @@ def write_plots(dataset: str, runs: list[Run], out_dir: Path) -> list[Path]:
     styles = Styles(runs)
     flops = "FLOPs per question" if dataset == "squad" else "FLOPs per token"
     dense_ms = _dense_latency(dataset, runs)
-    latency = latency_of(dataset, runs)
+    latency = latency_of(dataset, runs, dense_ms)
 
     plots = [  # file, x of a run, x label, title, reference line, what is missing when no run has x, FLOPs
         ("pareto_flops.png", flops_after, f"{flops} after pruning",

@@ -363,10 +363,10 @@ def render_fronts(dataset: str, rows: list[dict], row_ids: dict[int, str], h3: s
     for title, section_rows in sections.items():
         ids = [row_ids[id(r)] for r in section_rows]
         by_id = dict(zip(ids, section_rows))
+        costs = {i: _front_costs(r) for i, r in by_id.items()}
         verdicts = {}
         for front in ("flops", "latency"):
-            points = {i: (_front_costs(r)[front], r[metric].mean) for i, r in by_id.items()
-                      if _front_costs(r)[front] is not None}
+            points = {i: (c[front], by_id[i][metric].mean) for i, c in costs.items() if c[front] is not None}
             verdicts[front] = (points, dominated_by(points, lower))
 
         out += [f"**{title}**", "", f"| row | method | λ / target | {flops} | speedup b1 | {name} "

@@ -66,9 +66,10 @@ def tf_lr(recipe: dict, epoch: int) -> float:
 def build(name: str, tmp_path, extra=()):
     args = ["--config", str(CONFIGS / f"{name}.yaml"), "--run_dir", str(tmp_path / name), "--wandb=disabled",
             "--trainer.accelerator=cpu"]
-    if "sizes_from" in (CONFIGS / f"{name}.yaml").read_text() or name.endswith("_direct"):
+    text = (CONFIGS / f"{name}.yaml").read_text()
+    if "sizes_from" in text or name.endswith("_direct"):
         args.append("--model.sizes_from=null")  # the direct design's sizes: its recipe is the dense one
-    if "init_from" in (CONFIGS / f"{name}.yaml").read_text():
+    if "init_from" in text:
         args.append("--model.init_from=null")  # a finished dense run is not needed to read its recipe
     return build_cli([*args, *extra])
 

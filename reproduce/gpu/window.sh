@@ -83,6 +83,10 @@ if [ "$DRY" != 1 ] && [ "${WINDOW_MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-c
 fi
 say "environment ready (MPS: $MPS)"
 
+# what comes back of a run dir: no weights; and the exports whose run finished
+TAR_EXCLUDE=(--exclude='*.ckpt' --exclude='*.safetensors' --exclude='*.onnx' --exclude='*.tmp')
+finished_exports() { local e; for e in "$@"; do [ -f "$(dirname "$e")/result.json" ] && echo "$e"; done; }
+
 # ---- the small plan: the small profile's 13 runs in one window --------------------------------------
 if [ "${WINDOW_PLAN:-paper}" = small ]; then
   SMALL=$R/ptb/small
@@ -97,7 +101,7 @@ if [ "${WINDOW_PLAN:-paper}" = small ]; then
     --results "$R" --workers "$WORKERS" --no-analyse "${TRAIN_ARGS[@]}" > "$R/profile.log" 2>&1
   say "profile rc=$? ($(ls "$SMALL"/*/result.json 2>/dev/null | wc -l) of 13 runs finished)"
   grep -E "started|finished|FAILED|not started" "$R/profile.log" >> "$LOG"
-  EXPORTS=$(ls -d "$SMALL"/*/export 2>/dev/null | while read -r e; do [ -f "$(dirname "$e")/result.json" ] && echo "$e"; done)
+  EXPORTS=$(finished_exports "$SMALL"/*/export)
   if [ -n "$EXPORTS" ]; then  # the CPU, one thread: the setting of the CPU table; --quick for the time
     timeout "$SPEED_S" $NICE $PY -m reproduce speed --export $EXPORTS --backends torch --threads 1 --devices cpu \
       --quick > "$R/speed.log" 2>&1
@@ -105,8 +109,7 @@ if [ "${WINDOW_PLAN:-paper}" = small ]; then
     $PY -m reproduce table ptb --runs "$SMALL" >> "$R/speed.log" 2>&1
   fi
   cp -f "$R/speed.log" "$R/profile.log" "$OUT/" 2>/dev/null
-  tar czf "$OUT/runs_small.tgz" -C "$SMALL" --exclude='*.ckpt' --exclude='*.safetensors' --exclude='*.onnx' \
-    --exclude='*.tmp' --exclude=wandb . 2>/dev/null
+  tar czf "$OUT/runs_small.tgz" -C "$SMALL" "${TAR_EXCLUDE[@]}" --exclude=wandb . 2>/dev/null
   [ "$MPS" = 1 ] && echo quit | nvidia-cuda-mps-control > /dev/null 2>&1
   say "done; back in \$OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
   exit 0
@@ -117,11 +120,9 @@ pack() {  # what must come back, repacked whenever called (a window cut short ke
   for kind in medium large; do
     files=$(cd "$R" && ls -d ${kind}_* 2>/dev/null)
     [ -n "$files" ] || continue
-    tar czf "$OUT/runs_$kind.tgz" -C "$R" --exclude='*.ckpt' --exclude='*.safetensors' --exclude='*.onnx' \
-      --exclude='*.tmp' $files 2>/dev/null
+    tar czf "$OUT/runs_$kind.tgz" -C "$R" "${TAR_EXCLUDE[@]}" $files 2>/dev/null
     if [ "$(stat -c %s "$OUT/runs_$kind.tgz")" -gt 16000000 ]; then  # the gate histories are the bulk
-      tar czf "$OUT/runs_$kind.tgz" -C "$R" --exclude='*.ckpt' --exclude='*.safetensors' --exclude='*.onnx' \
-        --exclude='*.tmp' --exclude=gate_history.jsonl $files 2>/dev/null
+      tar czf "$OUT/runs_$kind.tgz" -C "$R" "${TAR_EXCLUDE[@]}" --exclude=gate_history.jsonl $files 2>/dev/null
     fi
   done
   cp -f "$R/bench.log" "$OUT/bench.log" 2>/dev/null
@@ -198,7 +199,7 @@ for n in $(printf '%s\n' "${!PID[@]}" | sort); do
   fi
   say "$n $state"
 done
-EXPORTS=$(ls -d "$R"/medium_*/export 2>/dev/null | while read -r e; do [ -f "$(dirname "$e")/result.json" ] && echo "$e"; done)
+EXPORTS=$(finished_exports "$R"/medium_*/export)
 if [ -n "$EXPORTS" ] && [ "$DRY" != 1 ]; then
   timeout 40 $PY -m reproduce speed --export $EXPORTS --devices cuda --backends torch --quick >> "$R/speed.log" 2>&1
   say "speed of the finished medium exports rc=$?"
