@@ -43,9 +43,11 @@ def atomic_save_checkpoint(trainer: L.Trainer, path: Path) -> None:
 class ResumableCheckpoints(L.Callback):
     """step.ckpt every `every_n_steps` training steps (0: off) and when SIGTERM or SIGUSR1 arrives.
 
-    A signal during a training step is acted on when the step ends: the checkpoint then holds
-    the exact mid-epoch position. One during validation, test or export stops at once; the
-    run resumes from the last checkpoint written before it. Under SLURM (SLURM_JOB_ID set and
+    A signal inside the training loop, in a step or between two (a batch being fetched, another
+    callback's step-end work), is acted on when the next step ends: the checkpoint then holds
+    the exact mid-epoch position. One during validation, test or export stops at once, and one
+    still pending when the loop leaves its steps (validation or the epoch's end comes first)
+    stops there; the run resumes from the last checkpoint written before it. Under SLURM (SLURM_JOB_ID set and
     `requeue` true) the job is requeued with `scontrol requeue`, as Lightning's SLURM plugin does.
     """
 
@@ -77,14 +79,34 @@ class ResumableCheckpoints(L.Callback):
     def _on_signal(self, signum, frame) -> None:
         self._signum = signum
         if not self._in_training:
-            self._maybe_requeue(signum)
-            raise Preempted(signum, None, -1)
+            self._stop_without_checkpoint()
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def _stop_without_checkpoint(self) -> None:
+        self._maybe_requeue(self._signum)
+        raise Preempted(self._signum, None, -1)
+
+    # "in training" spans the whole step loop, not each step alone: a signal that arrived
+    # between two steps used to stop the run with no checkpoint, which on a small model (where
+    # fetching a batch and the step-end callbacks take much of the time) lost every step since
+    # the last periodic checkpoint about half the time
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._in_training = True
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._in_training = True  # after a mid-epoch validation, and on a resume mid-epoch
+
+    def _leave_training(self) -> None:
         self._in_training = False
+        if self._signum is not None:  # arrived after the last step's end: no step left to act on it
+            self._stop_without_checkpoint()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._leave_training()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._leave_training()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         signum = self._signum
         due = self.every_n_steps and trainer.global_step % self.every_n_steps == 0
         if signum is None and not due:
