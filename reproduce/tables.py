@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from lightning_modules.atomic import atomic_write_text
 from lightning_modules.errors import UserError
 from lightning_modules.timing import trained_on_gpu
 
-from .fronts import FRONT_METRIC, covered, dominated_by
+from .fronts import FRONT_METRIC, covered, dominated_by, pool_by_shape
 from .reported import load_reported
 from .runs import (
     BIDAF_PAPER_HIDDEN,
@@ -327,10 +328,21 @@ def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources
     return "\n".join(out)
 
 
-def _front_costs(row: dict) -> dict[str, float | None]:
-    """What a row costs on each front: FLOPs per token, and batch-1 time relative to the dense model."""
-    b1 = row["speedup_b1"].mean
-    return {"flops": row["flops_per_token"].mean, "latency": 1.0 / b1 if b1 else None}
+def _shape(row: dict) -> tuple | None:
+    """The row's model shape (kept neurons per layer), or None when its seeds differ in size."""
+    layers = [*(row["hidden_kept"] or []), *(row["input_kept"] or [])]
+    if not row["hidden_kept"] or any(s.std for s in layers):
+        return None
+    return tuple(s.mean for s in row["hidden_kept"]), tuple(s.mean for s in row["input_kept"] or [])
+
+
+def _front_costs(rows: Mapping[str, dict]) -> dict[str, dict[str, float | None]]:
+    """What each row costs on each front: FLOPs per token, and batch-1 time relative to the dense
+    model, the same for rows of one shape (fronts.pool_by_shape says why)."""
+    b1 = {i: r["speedup_b1"].mean for i, r in rows.items()}
+    latency = pool_by_shape({i: 1.0 / s if s else None for i, s in b1.items()},
+                            {i: _shape(r) for i, r in rows.items()})
+    return {i: {"flops": r["flops_per_token"].mean, "latency": latency[i]} for i, r in rows.items()}
 
 
 def _front_cell(verdict: tuple[dict, dict], row_id: str) -> str:
@@ -359,11 +371,12 @@ def render_fronts(dataset: str, rows: list[dict], row_ids: dict[int, str], h3: s
            f"Row A dominates row B when A has no more {flops} (or no more batch-1 time: 1 / speedup b1) and "
            f"no {'higher' if lower else 'lower'} {name}, and is strictly better in one of the two; a row no "
            "other row dominates is on the front. Means over seeds, from the rows above "
-           "(`reproduce/fronts.py`).", ""]
+           "(`reproduce/fronts.py`); rows of the same shape (kept neurons per layer) share one batch-1 "
+           "time, the mean of their measured ones, since they differ by measurement noise only.", ""]
     for title, section_rows in sections.items():
         ids = [row_ids[id(r)] for r in section_rows]
         by_id = dict(zip(ids, section_rows))
-        costs = {i: _front_costs(r) for i, r in by_id.items()}
+        costs = _front_costs(by_id)
         verdicts = {}
         for front in ("flops", "latency"):
             points = {i: (c[front], by_id[i][metric].mean) for i, c in costs.items() if c[front] is not None}

@@ -5,7 +5,7 @@ import pytest
 from fixtures.run_dirs import result, speed_json, write_run
 from test_tables import with_props
 
-from reproduce.fronts import covered, dominated_by, dominates, pareto_front
+from reproduce.fronts import covered, dominated_by, dominates, pareto_front, pool_by_shape
 from reproduce.tables import write_tables
 
 
@@ -93,3 +93,26 @@ def test_a_method_dominates_when_each_row_of_the_other_is_dominated(tmp_path):
     section = fronts_section(write_tables("ptb", runs, tmp_path / "a")["markdown"].read_text())
     assert ("against FLOPs/token: **yes**: L0 dominates 1 of 1 ISS group Lasso row, ISS group Lasso "
             "dominates 1 of 2 L0 rows") in section
+
+
+def test_pool_by_shape_gives_one_shape_one_cost():
+    costs = {"a": 0.62, "b": 0.61, "c": 0.80, "d": None, "e": 0.70}
+    shapes = {"a": ((68, 135), (200, 68)), "b": ((68, 135), (200, 68)), "c": ((124, 181), (200, 124)),
+              "d": ((68, 135), (200, 68)), "e": None}
+    assert pool_by_shape(costs, shapes) == {"a": pytest.approx(0.615), "b": pytest.approx(0.615), "c": 0.80,
+                                            "d": None, "e": 0.70}
+
+
+def test_same_shape_rows_are_compared_on_quality_alone_on_the_time_front(tmp_path):
+    """The small profile's case: L0, magnitude and direct at L0's sizes measured 1.59x, 1.62x and
+    1.63x. Unpooled, the direct design (worse perplexity, faster by noise) was 'not dominated'
+    against batch-1 time while L0 dominated it against FLOPs."""
+    runs = tmp_path / "runs"
+    _write(runs, "dense", [200, 200], 112.0, 1.0, "dense")
+    _write(runs, "l0", [68, 135], 113.1, 1.59, "L0", lam=1e-6, gated=True)
+    _write(runs, "direct", [68, 135], 115.3, 1.63, "direct design", sizes_from="runs/l0/result.json")
+    section = fronts_section(write_tables("ptb", runs, tmp_path / "a")["markdown"].read_text())
+    direct_line = next(line for line in section.splitlines() if "| direct design |" in line)
+    assert direct_line.endswith("| dominated by r2 | dominated by r2 |"), direct_line
+    assert "Does L0 dominate direct design? against FLOPs/token: **yes**" in section
+    assert "against batch-1 time: **yes**: L0 dominates 1 of 1 direct design row" in section
