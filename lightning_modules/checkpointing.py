@@ -47,8 +47,9 @@ class ResumableCheckpoints(L.Callback):
     callback's step-end work), is acted on when the next step ends: the checkpoint then holds
     the exact mid-epoch position. One during validation, test or export stops at once, and one
     still pending when the loop leaves its steps (validation or the epoch's end comes first)
-    stops there; the run resumes from the last checkpoint written before it. Under SLURM (SLURM_JOB_ID set and
-    `requeue` true) the job is requeued with `scontrol requeue`, as Lightning's SLURM plugin does.
+    stops there; the run resumes from the last checkpoint written before it. Under SLURM
+    (SLURM_JOB_ID set and `requeue` true) the job is requeued with `scontrol requeue`, as
+    Lightning's SLURM plugin does.
     """
 
     def __init__(self, dirpath: Path, every_n_steps: int = 0, requeue: bool = True) -> None:
