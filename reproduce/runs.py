@@ -102,7 +102,8 @@ def method_rank(run: Run) -> tuple:
         kind = 2 if p.get("structured") else 3
     else:
         kind = 4
-    return kind, bool(p.get("fine_tuned")), run.label
+    # the method before fine_tuned: ISS fine-tuned sits under ISS, not after magnitude pruning
+    return kind, str(run.result.get("method")), bool(p.get("fine_tuned")), run.label
 
 
 def source_run_name(path: str) -> str:

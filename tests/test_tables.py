@@ -303,6 +303,22 @@ def test_rows_are_grouped_and_named_by_label(labelled, tmp_path):
         ("none", "direct design")}
 
 
+def test_a_fine_tuned_variant_sits_under_its_own_method(tmp_path):
+    """ISS and structured magnitude share a kind (structured, zeroing); ISS fine-tuned used to come
+    after magnitude pruning, because the fine-tuned flag was compared before the method."""
+    root = tmp_path / "runs"
+    iss = dict(label="ISS group Lasso", zeroes_weights=True)
+    write_run(root, "dense", with_props(result("none", [200, 200], [200, 200], 117.0, 112.0), label="dense"))
+    write_run(root, "iss", with_props(result("group_lasso", [200, 200], [116, 173], 106.0, 101.0, lam=1e-4), **iss))
+    ft = result("group_lasso", [200, 200], [200, 200], 115.0, 110.0, lam=1e-4, init_from="runs/dense")
+    write_run(root, "iss_ft", with_props(ft, **{**iss, "label": "ISS group Lasso (fine-tuned)"}, fine_tuned=True))
+    mag = result("magnitude", [200, 200], [68, 135], 116.0, 112.0, target_neurons=[68, 135])
+    write_run(root, "mag", with_props(mag, label="structured magnitude", zeroes_weights=True))
+    lines = md_lines(write_tables("ptb", root, tmp_path / "out")["markdown"].read_text())
+    assert [cells(lines, f"r{i}")["method"] for i in range(1, 5)] == [
+        "dense", "ISS group Lasso", "ISS group Lasso (fine-tuned)", "structured magnitude"]
+
+
 def test_direct_design_reads_its_source_from_the_same_folder(labelled, tmp_path):
     out = write_tables("ptb", labelled, tmp_path)
     md = out["markdown"].read_text()
