@@ -58,10 +58,10 @@ def pool_by_shape(costs: Mapping[Hashable, float | None],
     which of them dominates on the time front. A key with no shape (None: seeds of different
     sizes) or no cost keeps its own.
     """
+    pooled = {key: shapes.get(key) for key, cost in costs.items() if cost is not None}
     groups: dict[Hashable, list[float]] = {}
-    for key, cost in costs.items():
-        if cost is not None and shapes.get(key) is not None:
-            groups.setdefault(shapes[key], []).append(cost)
-    return {key: (sum(groups[shapes[key]]) / len(groups[shapes[key]])
-                  if cost is not None and shapes.get(key) is not None else cost)
-            for key, cost in costs.items()}
+    for key, shape in pooled.items():
+        if shape is not None:
+            groups.setdefault(shape, []).append(costs[key])
+    means = {shape: sum(group) / len(group) for shape, group in groups.items()}
+    return {key: means.get(pooled.get(key), cost) for key, cost in costs.items()}
