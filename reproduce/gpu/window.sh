@@ -10,7 +10,7 @@
 #   5. at DEADLINE every run still training gets SIGTERM (it checkpoints and exits 143: the same
 #      command resumes it), the finished exports are timed, and what must come back is packed
 #      into at most 8 files of at most 16 MiB under $OUT.
-# WINDOW_PLAN=small instead runs issue 12's whole small comparison (the 13 runs of the small
+# WINDOW_PLAN=small instead runs issue 12's whole small comparison (every run of the small
 # profile, side by side, step_impl=graph), times each export on the machine's CPU (one thread) and
 # packs the run records: see reproduce/gpu/README.md.
 # Dry run, on a CPU machine, in seconds: WINDOW_DRY_RUN=1 bash reproduce/gpu/window.sh
@@ -87,7 +87,7 @@ say "environment ready (MPS: $MPS)"
 TAR_EXCLUDE=(--exclude='*.ckpt' --exclude='*.safetensors' --exclude='*.onnx' --exclude='*.tmp')
 finished_exports() { local e; for e in "$@"; do [ -f "$(dirname "$e")/result.json" ] && echo "$e"; done; }
 
-# ---- the small plan: the small profile's 13 runs in one window --------------------------------------
+# ---- the small plan: the small profile's runs in one window ------------------------------------------
 if [ "${WINDOW_PLAN:-paper}" = small ]; then
   SMALL=$R/ptb/small
   if [ "$DRY" = 1 ]; then SMALL_END=${WINDOW_DEADLINE_S:-150}; SPEED_S=60; WORKERS=${WINDOW_WORKERS:-2}
@@ -95,11 +95,12 @@ if [ "${WINDOW_PLAN:-paper}" = small ]; then
   TRAIN_ARGS=(--train-arg=--wandb=disabled --train-arg=--model.step_impl=graph
               --train-arg=--trainer.enable_progress_bar=false)
   for a in "${SHRINK[@]}"; do TRAIN_ARGS+=("--train-arg=$a"); done
-  say "small profile: $WORKERS runs side by side until ${SMALL_END}s"
+  N_SMALL=$($PY -c "from reproduce.profiles import PROFILES; print(len(PROFILES['ptb']['small'].runs))")
+  say "small profile: $N_SMALL runs, $WORKERS side by side until ${SMALL_END}s"
   # SIGINT at the deadline: the runner stops its runs (each checkpoints) and exits; what finished stays
   timeout -s INT -k 40 $(( SMALL_END - $(el) )) $NICE $PY -m reproduce profile ptb --profile small \
     --results "$R" --workers "$WORKERS" --no-analyse "${TRAIN_ARGS[@]}" > "$R/profile.log" 2>&1
-  say "profile rc=$? ($(ls "$SMALL"/*/result.json 2>/dev/null | wc -l) of 13 runs finished)"
+  say "profile rc=$? ($(ls "$SMALL"/*/result.json 2>/dev/null | wc -l) of $N_SMALL runs finished)"
   grep -E "started|finished|FAILED|not started" "$R/profile.log" >> "$LOG"
   EXPORTS=$(finished_exports "$SMALL"/*/export)
   if [ -n "$EXPORTS" ]; then  # the CPU, one thread: the setting of the CPU table; --quick for the time
