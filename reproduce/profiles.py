@@ -52,6 +52,7 @@ SMALL_L0_LAMBDAS = ("1e-6", "5e-7", "2e-6")
 SMALL_ISS_LAMBDAS = ("1e-4", "2e-4")
 # pruning the trained dense model on the short schedule needs stronger lambdas (its config's header)
 SMALL_L0_FT_SHORT_LAMBDAS = ("5e-6", "1e-5")
+SMALL_ISS_FT_SHORT_LAMBDAS = ("1e-3", "2e-3")
 
 
 def _lambdas(name: str, config: str, lambdas: tuple[str, ...], init_from: str | None = None,
@@ -72,7 +73,7 @@ PROFILES: dict[str, dict[str, Profile]] = {
                          workers=2, about="pipeline check, not the paper's numbers",
                          speed_args=("--quick", "--backends", "torch")),  # ONNX export is in the tests
         # In the order the runs are worth having: dense; L0 at three lambdas; ISS at two; both again
-        # fine-tuned from the dense run (L0 also on a short, gentler schedule); magnitude pruning and
+        # fine-tuned from the dense run (also on a short, gentler schedule); magnitude pruning and
         # the direct design at L0's sizes.
         # The unnamed lambda of each method is its config's; the others are overrides.
         "small": Profile([PlannedRun("dense", "ptb_small_dense.yaml", 80),
@@ -83,6 +84,8 @@ PROFILES: dict[str, dict[str, Profile]] = {
                                     init_from="dense"),
                           *_lambdas("l0_ft_short", "ptb_small_l0_finetune_short.yaml", SMALL_L0_FT_SHORT_LAMBDAS,
                                     init_from="dense", minutes=35),
+                          *_lambdas("group_lasso_ft_short", "ptb_small_group_lasso_finetune_short.yaml",
+                                    SMALL_ISS_FT_SHORT_LAMBDAS, init_from="dense", minutes=40),
                           PlannedRun("magnitude", "ptb_small_magnitude.yaml", 80, sizes_from="l0"),
                           PlannedRun("direct", "ptb_small_direct.yaml", 80, sizes_from="l0")],
                          workers=2, about="Zaremba small (2x200) on full PTB: the CPU-sized comparison"),

@@ -117,7 +117,7 @@ def test_profile_command_passes_train_args_last_and_can_skip_the_analysis(tmp_pa
 
 
 def test_small_profile_holds_the_whole_comparison():
-    """dense; L0 at 3 lambdas and ISS at 2, from scratch and fine-tuned from the dense run; L0 at 2
+    """dense; L0 at 3 lambdas and ISS at 2, from scratch and fine-tuned from the dense run; both at 2
     more on the short fine-tuning schedule; magnitude and the direct design at the L0 run's sizes."""
     root = Path("results/ptb/small")
     jobs = {j.name: j for j in profiles.profile_jobs("ptb", "small", root)}
@@ -127,12 +127,14 @@ def test_small_profile_holds_the_whole_comparison():
     assert sum(n.startswith("l0_ft") and "short" not in n for n in jobs) == 3
     assert sum(n.startswith("l0_ft_short") for n in jobs) == 2
     assert sum(n.startswith("group_lasso") and "_ft" not in n for n in jobs) == 2
-    assert sum(n.startswith("group_lasso_ft") for n in jobs) == 2
+    assert sum(n.startswith("group_lasso_ft") and "short" not in n for n in jobs) == 2
+    assert sum(n.startswith("group_lasso_ft_short") for n in jobs) == 2
     assert lambdas["l0_lambda5e-7"] == "5e-7" and lambdas["l0"] == "config"
     assert jobs["l0_lambda5e-7"].cmd[-1] == "--model.reg_lambda=5e-7"  # the override comes last: it wins
     assert lambdas["l0_ft_short"] == "config" and lambdas["l0_ft_short_lambda1e-5"] == "1e-5"
+    assert lambdas["group_lasso_ft_short"] == "config" and lambdas["group_lasso_ft_short_lambda2e-3"] == "2e-3"
     for name in ("l0_ft", "l0_ft_lambda2e-6", "group_lasso_ft", "group_lasso_ft_lambda2e-4", "l0_ft_short",
-                 "l0_ft_short_lambda1e-5"):
+                 "l0_ft_short_lambda1e-5", "group_lasso_ft_short", "group_lasso_ft_short_lambda2e-3"):
         assert f"--model.init_from={root / 'dense'}" in jobs[name].cmd
         assert jobs[name].waits_for == [root / "dense" / "result.json"]
     for name in ("magnitude", "direct"):
