@@ -1,7 +1,8 @@
 """Each method trains as its reference implementation trains it: every PTB config of the small,
 medium and large scales, parsed by the real command line (defaults included), against the recipe
 its reference publishes (docs/REFERENCES.md names the sources), and the training loop's own
-schedule, initialisation and gradient clip against that recipe.
+schedule, initialisation and gradient clip against that recipe. The short schedules for pruning a
+trained model have no reference: they are checked against their own (their configs' headers).
 
 References:
   TF PTB tutorial (ptb_word_lm.py, also in wenwei202/iss-rnns): Small/Medium/LargeConfig;
@@ -48,6 +49,11 @@ RECIPES = {
                             ("medium", ("dense", "l0")), ("large", ("dense", "l0", "direct")))
        for kind in kinds},
     **ISS_LARGE,
+    # pruning a trained model on the short schedule is this suite's own recipe (the configs' headers):
+    # the small model, clip and init, 6 epochs with the weights at lr 0.1 and L0's gates at 1.0
+    **{f"ptb_small_{kind}_finetune_short": dict(TF["small"], schedule="exponential", max_epochs=6, lr=0.1,
+                                                gate_lr=1.0 if kind == "l0" else None)
+       for kind in ("l0", "group_lasso")},
 }
 
 
@@ -84,21 +90,29 @@ def test_config_follows_its_reference_recipe(name, tmp_path):
     assert (data.batch_size, data.num_steps) == (20, recipe["num_steps"])
     assert list(hp.hidden_sizes) == [recipe["hidden"]] * 2 and hp.embedding_dim == recipe["hidden"]
     assert hp.dropout == pytest.approx(recipe["dropout"])
-    assert (hp.lr, hp.max_grad_norm, hp.init_scale) == (1.0, recipe["max_grad_norm"], recipe["init_scale"])
+    lr = recipe.get("lr", 1.0)
+    assert (hp.lr, hp.max_grad_norm, hp.init_scale) == (lr, recipe["max_grad_norm"], recipe["init_scale"])
+    assert hp.gate_lr == recipe.get("gate_lr")
     assert hp.lr_schedule == recipe["schedule"]
 
     # the learning rate the training loop sets, epoch by epoch, is the reference's
     model = cli.model
     model.trainer = trainer
     sched = model.configure_optimizers()["lr_scheduler"]["scheduler"]
-    lrs = []
+    gates = {id(p) for p in model.model.gate_parameters()}
+    gate_groups = [g for g in sched.optimizer.param_groups if any(id(p) in gates for p in g["params"])]
+    lrs, gate_lrs = [], []
     for _ in range(recipe["max_epochs"]):
         lrs.append(sched.optimizer.param_groups[0]["lr"])
+        gate_lrs.extend(g["lr"] for g in gate_groups)
         sched.step()
-    assert lrs == pytest.approx([tf_lr(recipe, e) for e in range(recipe["max_epochs"])], rel=1e-12)
+    factors = [tf_lr(recipe, e) for e in range(recipe["max_epochs"])]
+    assert lrs == pytest.approx([lr * f for f in factors], rel=1e-12)
+    if recipe.get("gate_lr") is not None:  # the gates on the same schedule from their own lr
+        assert len(gate_groups) == 1
+        assert gate_lrs == pytest.approx([recipe["gate_lr"] * f for f in factors], rel=1e-12)
 
     # weights uniform(-init_scale, init_scale), as the TF initializer (gates keep their own init)
-    gates = {id(p) for p in model.model.gate_parameters()}
     for p in model.model.weight_parameters():
         assert p.abs().max() <= recipe["init_scale"]
         if p.numel() > 10_000:
