@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -61,10 +62,18 @@ class ResumableCheckpoints(L.Callback):
         self._previous: dict[int, object] = {}
 
     # registered at train start, after Lightning's own handlers, which would otherwise stop
-    # the run at the next step without a checkpoint
+    # the run at the next step without a checkpoint. Only the main thread may set handlers: a run
+    # in a thread of the packed trainer (reproduce/train_packed.py) is told by `request_stop`.
     def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
         for signum in (signal.SIGTERM, signal.SIGUSR1):
             self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def request_stop(self, signum: int) -> None:
+        """A signal that reached another thread: acted on where this run's own thread next can (the
+        end of its next training step, with a checkpoint, or where it leaves the step loop)."""
+        self._signum = signum
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.restore_handlers()
@@ -116,6 +125,10 @@ class ResumableCheckpoints(L.Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         atomic_save_checkpoint(trainer, path)
         if signum is not None:
+            # Lightning calls the module's on_train_batch_end after the callbacks': its share of this
+            # step's end (the LM's gate history row) would be lost with the stop, though the
+            # checkpoint counts the step as done
+            pl_module.on_train_batch_end(outputs, batch, batch_idx)
             self._maybe_requeue(signum)
             raise Preempted(signum, path, trainer.global_step)
 

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+from .errors import UserError
 from .pruning.hard_concrete import HardConcreteGate
 from .pruning.pruning_methods import PruningMethod
 
@@ -68,6 +69,22 @@ def clip_grad_norm_tensor_(grads: list[torch.Tensor], max_norm: float) -> torch.
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     torch._foreach_mul_(grads, coef)
     return total
+
+
+def capture_failure(error: BaseException) -> str:
+    """Why a capture failed, in one line: the first error in the chain, not only the last.
+
+    An op that cannot be captured raises inside `with torch.cuda.graph(...)`; leaving the block then
+    calls capture_end, which fails too ("operation failed due to a previous error during capture")
+    and that second error is the one that propagates, with the cause only in its __context__."""
+    chain = [error]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+
+    def one(e: BaseException) -> str:
+        return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+    return one(chain[-1]) if len(chain) == 1 else f"{one(chain[-1])}; then {one(chain[0])}"
 
 
 class TensorLRUpdate:
@@ -205,6 +222,10 @@ class LMTrainStep:
         self._key: tuple = ()
         self._has_penalty: dict[tuple, bool] = {}
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        # where each parameter's storage was when its graph was captured: the graph reads and writes
+        # those addresses for ever, so a parameter moved since (any .to()/.cuda() re-flattens
+        # nn.LSTM's weights into a new buffer) would leave the graph training a stale copy
+        self._captured_at: dict[tuple, list[int]] = {}
         self._warm: dict[tuple, int] = {}
         self._side: torch.cuda.Stream | None = None
 
@@ -245,14 +266,15 @@ class LMTrainStep:
         self.loss_mean = DeviceMean(self.loss_metric, y.numel(), self.device)
         self.penalty_mean = DeviceMean(self.penalty_metric, y.shape[0], self.device)
         self._graphs.clear()
+        self._captured_at.clear()
         self._warm.clear()
 
     def reset_state(self) -> None:
         """The hidden state the next window starts from is zero (an epoch starts)."""
         self._pending_state = None
-        for h, c in self.state or []:
-            h.zero_()
-            c.zero_()
+        for tensors in self.state or []:  # (h, c) per layer for an LSTM, (h,) for a GRU
+            for t in tensors:
+                t.zero_()
 
     def load_state(self, state: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """The hidden state the next window starts from (a resumed run's)."""
@@ -260,14 +282,14 @@ class LMTrainStep:
             self._pending_state = state
             return
         self._pending_state = None
-        for (h, c), (h_new, c_new) in zip(self.state, state):
-            h.copy_(h_new)
-            c.copy_(c_new)
+        for tensors, new in zip(self.state, state):
+            for t, t_new in zip(tensors, new, strict=True):
+                t.copy_(t_new)
 
     def hidden_state(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         if self.state is None:
             return self._pending_state
-        return [(h.clone(), c.clone()) for h, c in self.state]
+        return [tuple(t.clone() for t in tensors) for tensors in self.state]
 
     def step_metrics(self) -> dict[str, torch.Tensor]:
         """The last step's loss (and penalty), as device tensors (for the log interval)."""
@@ -312,9 +334,9 @@ class LMTrainStep:
                 if grads:
                     clip_grad_norm_tensor_(grads, self.max_norm)
             self.update.step()
-            for (h, c), (h_new, c_new) in zip(self.state, new_state):
-                h.copy_(h_new)
-                c.copy_(c_new)
+            for tensors, new in zip(self.state, new_state):
+                for t, t_new in zip(tensors, new, strict=True):
+                    t.copy_(t_new)
             if host_step is not None:
                 self.pruning.host_update(model, host_step)
             self.pruning.step_ops(model, num_steps)
@@ -337,6 +359,13 @@ class LMTrainStep:
                 self._step()
                 return
             self._graphs[key] = graph
+            self._captured_at[key] = [p.data_ptr() for p in self.params]
+        elif [p.data_ptr() for p in self.params] != self._captured_at[key]:
+            moved = [i for i, (p, at) in enumerate(zip(self.params, self._captured_at[key])) if p.data_ptr() != at]
+            raise UserError(f"model.step_impl=graph: {len(moved)} parameter(s) moved in memory after the training "
+                            "step was captured as a CUDA graph (e.g. .to()/.cuda() re-flattened nn.LSTM's weights), "
+                            "so replaying it would train stale copies; move the model only before training, or "
+                            "use model.step_impl=fused")
         graph.replay()
 
     def _capture(self) -> torch.cuda.CUDAGraph | None:
@@ -349,8 +378,7 @@ class LMTrainStep:
             for p in self.params:
                 p.grad = None
             self.mode = "fused"
-            reason = " ".join(str(e).split())[:300]
-            print(f"model.step_impl=graph: CUDA graph capture failed ({type(e).__name__}: {reason}); "
+            print(f"model.step_impl=graph: CUDA graph capture failed ({capture_failure(e)}); "
                   "training goes on with the same step run eagerly (step_impl=fused)", file=sys.stderr)
             return None
         return graph

@@ -34,22 +34,23 @@ from .training_run import (
 )
 
 
-def build_cli(args: list[str] | None):
+def build_cli(args: list[str] | None, callbacks: tuple = ()):
     from lightning_modules.lm.lm_task import LanguageModelTask
     from lightning_modules.lm.ptb_data import PTBDataModule
 
     return build_run_cli(LanguageModelTask, PTBDataModule, args, "ptb",
-                         links=(("data.vocab_size", "model.vocab_size"),))
+                         links=(("data.vocab_size", "model.vocab_size"),), callbacks=callbacks)
 
 
-def train(args: list[str] | None = None) -> dict:
+def train(args: list[str] | None = None, callbacks: tuple = (), extra_result: dict | None = None) -> dict:
+    """One run; `callbacks` join the trainer's and `extra_result` the result (the packed trainer's)."""
     started = time.time()
     commit = git_commit()  # the code this invocation runs, not what HEAD is when it ends
     quiet_known_warnings()
     # PTB resumes mid-epoch exactly (LanguageModelTask and PTBDataModule restore the position);
     # SQuAD's shuffled loader does not, and there Lightning's warning stays
     warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
-    cli = build_cli(args)
+    cli = build_cli(args, callbacks)
     cfg, trainer, model, data = cli.config, cli.trainer, cli.model, cli.datamodule
     run_dir = fit_resumable(cli)
     val = trainer.validate(model, datamodule=data, verbose=False)[0]
@@ -84,6 +85,7 @@ def train(args: list[str] | None = None) -> dict:
         "hardware": hardware_summary(trainer.strategy.root_device.type),
         "export_path": "export",
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra_result or {}),
     }
     atomic_write_json(run_dir / RESULT_FILE, result)
     log_result_to_wandb(trainer, result, run_dir)

@@ -119,8 +119,10 @@ def log_result_to_wandb(trainer, result: dict, run_dir: Path) -> None:
 
 
 def build_run_cli(task_cls, data_cls, args: list[str] | None, dataset: str,
-                  links: tuple[tuple[str, str], ...] = (), extra_arguments=None, progress_every: int = 200):
-    """LightningCLI (run=False) for one training run; `links` tie data attributes to model arguments."""
+                  links: tuple[tuple[str, str], ...] = (), extra_arguments=None, progress_every: int = 200,
+                  callbacks: tuple = ()):
+    """LightningCLI (run=False) for one training run; `links` tie data attributes to model arguments;
+    `callbacks` join the trainer's (the packed trainer's turn taking)."""
     from lightning.pytorch.cli import LightningCLI
 
     class RunCLI(LightningCLI):
@@ -141,6 +143,10 @@ def build_run_cli(task_cls, data_cls, args: list[str] | None, dataset: str,
             parser.add_argument("--checkpoint_every_n_steps", type=int, default=500,
                                 help="also checkpoint (checkpoints/step.ckpt) every N training steps "
                                      "(0: only at epoch ends and on SIGTERM/SIGUSR1)")
+            parser.add_argument("--checkpoint_every_epoch", type=bool, default=True,
+                                help="last.ckpt and the two newest epoch checkpoints at every epoch end "
+                                     "(false: only step.ckpt, on a signal or every N steps; the GPU "
+                                     "window's runs, whose checkpoints never come back)")
             for source, target in links:
                 parser.link_arguments(source, target, apply_on="instantiate")
             if extra_arguments is not None:
@@ -167,19 +173,21 @@ def build_run_cli(task_cls, data_cls, args: list[str] | None, dataset: str,
                 loggers.append(WandbLogger(project=cfg["wandb_project"], name=str(run_dir),
                                            save_dir=str(run_dir), id=run_id, config=full_config,
                                            offline=(mode == "offline"), resume="allow"))
-            callbacks = [
-                # every epoch: last.ckpt plus the two newest epoch checkpoints (a fallback)
-                ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="epoch{epoch:03d}",
-                                auto_insert_metric_name=False, save_last=True,
-                                monitor="step", mode="max", save_top_k=2),
+            run_callbacks = [
                 LearningRateMonitor(logging_interval="epoch"),
                 ResumableCheckpoints(run_dir / "checkpoints", cfg["checkpoint_every_n_steps"]),
+                *callbacks,
             ]
+            if cfg["checkpoint_every_epoch"]:
+                # every epoch: last.ckpt plus the two newest epoch checkpoints (a fallback)
+                run_callbacks.insert(0, ModelCheckpoint(dirpath=str(run_dir / "checkpoints"),
+                                                        filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                                                        save_last=True, monitor="step", mode="max", save_top_k=2))
             if self.config_init["trainer"].get("enable_progress_bar") is not False:
                 # in a log file (no terminal) a bar refreshed every batch floods it
-                callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else progress_every))
+                run_callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else progress_every))
             kwargs.update(default_root_dir=str(run_dir), logger=loggers,
-                          callbacks=[*(self.config_init["trainer"].get("callbacks") or []), *callbacks])
+                          callbacks=[*(self.config_init["trainer"].get("callbacks") or []), *run_callbacks])
             return super().instantiate_trainer(**kwargs)
 
     return RunCLI(task_cls, data_cls, run=False, args=args, seed_everything_default=1,

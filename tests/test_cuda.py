@@ -236,3 +236,39 @@ def test_graph_training_run_matches_the_fused_one(tmp_path):
         results[impl] = json.loads((tmp_path / impl / "result.json").read_text())
     for key in ("val_ppl", "test_ppl"):
         assert results["graph"]["metrics"][key] == pytest.approx(results["fused"]["metrics"][key], rel=1e-3)
+
+
+def test_a_stale_graph_stops_with_an_error_instead_of_training_a_copy():
+    """After capture, anything that moves a parameter (here: nn.LSTM's re-flattening, which .to()
+    and .cuda() trigger) would leave the replayed graph updating the old storage; the step refuses."""
+    from lightning_modules.errors import UserError
+
+    task, step, windows = _step_on_cuda("l0", "graph")
+    for n, (x, y) in enumerate(windows[:5], 1):
+        step(x, y, n)
+    assert step._graphs, "capture failed (see stderr)"
+    p = task.model.rnn.layers[0].weight_ih_l0
+    p.data = p.data.clone()  # the storage moves, as flatten_parameters() moves it
+    with pytest.raises(UserError, match="moved in memory after the training step was captured"):
+        step(*windows[5], 6)
+
+
+@pytest.mark.slow
+def test_packed_graph_runs_equal_each_run_alone_on_cuda(tmp_path):
+    """The packed trainer on CUDA (own streams, graphs replayed in turn): each run ends as alone."""
+    from reproduce.train import train
+    from reproduce.train_packed import run_packed
+
+    shrink = ["--data.train_tokens=6000", "--model.embedding_dim=16", "--model.hidden_sizes=[16,16]",
+              "--trainer.max_epochs=1", "--data.test_batch_size=20", "--wandb=disabled",
+              "--trainer.enable_progress_bar=false", "--model.step_impl=graph", "--trainer.accelerator=gpu",
+              "--model.dropout=0.2"]
+    runs = {n: ["--config", f"reproduce/configs/ptb_smoke_{n}.yaml", *shrink] for n in ("l0", "group_lasso")}
+    for n, args in runs.items():
+        train([*args, "--run_dir", str(tmp_path / "alone" / n)])
+    assert run_packed([[*args, "--run_dir", str(tmp_path / "packed" / n)] for n, args in runs.items()]) == [0, 0]
+    for n in runs:
+        a, b = (json.loads((tmp_path / k / n / "result.json").read_text()) for k in ("alone", "packed"))
+        assert a["neurons_kept"] == b["neurons_kept"]
+        for m in ("val_ppl", "test_ppl"):  # cuDNN's LSTM kernels are not bit-deterministic run to run
+            assert abs(a["metrics"][m] - b["metrics"][m]) <= 1e-4 * a["metrics"][m], (n, m, a, b)

@@ -82,3 +82,25 @@ def test_missing_folder_and_files_are_clear(tmp_path):
         PTBDataModule(source="local", data_dir=str(tmp_path / "nope")).setup()
     with pytest.raises(UserError, match="ptb.train.txt"):
         PTBDataModule(source="local", data_dir=str(tmp_path)).setup()
+
+
+def test_without_datasets_the_files_give_the_same_token_streams(monkeypatch):
+    """The fallback for a machine without `datasets` (the lent GPU image) reads the same tokens."""
+    import builtins
+
+    from lightning_modules.lm.ptb_data import load_ptb_text, load_ptb_tokens, tokenize
+
+    with_datasets = tokenize(load_ptb_text("embedded"))
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError("no datasets here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    without = load_ptb_tokens("embedded")
+    assert without.keys() == with_datasets.keys()
+    for split in without:
+        assert without[split] == with_datasets[split], split
+    assert len(without["train"]) == 929589  # words and one <eos> per line: the known PTB count

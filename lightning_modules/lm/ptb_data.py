@@ -66,6 +66,25 @@ def _check_text(path: Path, verify_sha256: str | None) -> None:
         raise UserError(f"{path} is empty; PTB splits need text")
 
 
+def _split_files(source: str, data_dir: str | None) -> dict[str, str]:
+    """The three text files of source embedded (checked against their sha256) or local."""
+    if source == "local":
+        if not data_dir:
+            raise UserError("source=local needs data_dir (a folder with ptb.{train,valid,test}.txt)")
+        folder = Path(data_dir).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"data_dir {folder} is not a folder; give the folder holding "
+                            "ptb.train.txt, ptb.valid.txt and ptb.test.txt")
+    else:
+        folder = EMBEDDED_DIR
+    files = {}
+    for split, name in SPLITS.items():
+        path = _find_split_file(folder, name)
+        _check_text(path, SHA256[name] if source == "embedded" else None)
+        files[split] = str(path)
+    return files
+
+
 def load_ptb_text(source: str = "embedded", data_dir: str | None = None,
                   hub_id: str = "ptb_text_only", hub_text_column: str = "sentence",
                   cache_dir: str | None = None):
@@ -73,21 +92,7 @@ def load_ptb_text(source: str = "embedded", data_dir: str | None = None,
     import datasets
 
     if source in ("embedded", "local"):
-        if source == "local":
-            if not data_dir:
-                raise UserError("source=local needs data_dir (a folder with ptb.{train,valid,test}.txt)")
-            folder = Path(data_dir).expanduser()
-            if not folder.is_dir():
-                raise UserError(f"data_dir {folder} is not a folder; give the folder holding "
-                                "ptb.train.txt, ptb.valid.txt and ptb.test.txt")
-        else:
-            folder = EMBEDDED_DIR
-        files = {}
-        for split, name in SPLITS.items():
-            path = _find_split_file(folder, name)
-            _check_text(path, SHA256[name] if source == "embedded" else None)
-            files[split] = str(path)
-        return datasets.load_dataset("text", data_files=files, cache_dir=cache_dir)
+        return datasets.load_dataset("text", data_files=_split_files(source, data_dir), cache_dir=cache_dir)
     if source == "hub":
         try:
             ds = datasets.load_dataset(hub_id, cache_dir=cache_dir)
@@ -109,6 +114,25 @@ def tokenize(text_splits) -> dict[str, list[str]]:
         batched=True, remove_columns=["text"], desc="tokenize",
     )
     return {split: list(chain.from_iterable(tokenized[split]["tokens"])) for split in SPLITS}
+
+
+def load_ptb_tokens(source: str = "embedded", data_dir: str | None = None, hub_id: str = "ptb_text_only",
+                    hub_text_column: str = "sentence", cache_dir: str | None = None) -> dict[str, list[str]]:
+    """Token stream per split, through `datasets` where it is installed.
+
+    Without it, the embedded and local files are read directly, line by line, with the same
+    tokenisation (tests/test_ptb_data.py checks that both give the same streams): the lent GPU
+    image has no `datasets`, and its pyarrow wheel (55 MB) does not fit the 64 MiB the working tree
+    travels in (reproduce/gpu/README.md)."""
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        if source == "hub":
+            raise UserError("data.source=hub needs the `datasets` package (pip install datasets)") from None
+        return {split: [w for line in _read_bytes(Path(path)).decode("utf-8").splitlines()
+                        for w in (*line.split(), EOS)]
+                for split, path in _split_files(source, data_dir).items()}
+    return tokenize(load_ptb_text(source, data_dir, hub_id, hub_text_column, cache_dir))
 
 
 def build_vocab(train_tokens: list[str]) -> list[str]:
@@ -183,8 +207,7 @@ class PTBDataModule(L.LightningDataModule):
         if self._ids is not None:
             return
         hp = self.hparams
-        streams = tokenize(load_ptb_text(hp.source, hp.data_dir, hp.hub_id, hp.hub_text_column,
-                                         hp.cache_dir))
+        streams = load_ptb_tokens(hp.source, hp.data_dir, hp.hub_id, hp.hub_text_column, hp.cache_dir)
         if not streams["train"] or not streams["validation"] or not streams["test"]:
             raise UserError("a PTB split is empty; check the data files")
         self._vocab = build_vocab(streams["train"])

@@ -1,20 +1,25 @@
 #!/bin/bash
-# One GPU window on one H200, under 9 minutes (reproduce/gpu/README.md says how to run it):
-#   1. the wheels carried in .whl/ if the image lacks jsonargparse or datasets;
-#   2. the training-step bench on the idle GPU (python -m reproduce bench --steps: medium and
-#      large, every method, step_impl eager vs fused vs graph, with the matmul/bandwidth floor);
-#   3. the medium PTB comparison with --model.step_impl=graph, side by side on the one GPU:
-#      dense, L0 at two lambdas, ISS, then the direct design at L0's sizes once L0 has finished;
-#      tests/test_cuda.py runs beside them;
-#   4. the large dense and L0 runs, once the medium ones are done or LARGE_AT is reached;
-#   5. at DEADLINE every run still training gets SIGTERM (it checkpoints and exits 143: the same
-#      command resumes it), the finished exports are timed, and what must come back is packed
-#      into at most 8 files of at most 16 MiB under $OUT.
+# One GPU window on one H200, under 9 minutes (reproduce/gpu/README.md says how to run it). The medium
+# plan (default), by elapsed seconds:
+#   1. environment (~40 s): the wheels carried in .whl/ if the image lacks jsonargparse or datasets;
+#   2. the CUDA tests that check graph-mode numbers (~30 s, stop at the first failure): if they fail,
+#      the runs train with model.step_impl=fused instead of graph;
+#   3. the probe (~40 s, reproduce/gpu/probe.py): the packed step time with 1, 4 and 8 runs, in fp32
+#      and TF32, the floor, and one epoch of the dense model in each precision (TF32 only if its
+#      validation perplexity is within 0.5 % of fp32's); then the plan: how many runs finish by DEADLINE;
+#   4. that many medium runs, packed in ONE process (reproduce/train_packed.py: each its own stream and
+#      captured graph, replayed in turn), in this order: dense, L0 lambda 1, ISS lambda 1, L0 lambda 2,
+#      ISS lambda 2, structured magnitude, direct design (the last two at sizes fixed in their configs,
+#      so no run waits for another). No checkpoints on the way (they never come back); at DEADLINE a
+#      run still training gets SIGTERM, checkpoints and stops (it is labelled not finished);
+#   5. the finished exports timed on the GPU and on the machine's CPU; the step bench only in what is
+#      left before END; everything packed into at most 8 files of at most 16 MiB under $OUT.
+# WINDOW_PLAN=large: the large runs (dense, L0, then ISS if the probe says they fit), packed, the same way.
 # WINDOW_PLAN=small instead runs issue 12's whole small comparison (every run of the small
 # profile, side by side, step_impl=graph), times each export on the machine's CPU (one thread) and
 # packs the run records: see reproduce/gpu/README.md.
-# Dry run, on a CPU machine, in seconds: WINDOW_DRY_RUN=1 bash reproduce/gpu/window.sh
-# (tiny sizes, the bench's --quick, step_impl=graph falling back to the eager fused step).
+# Dry run, on a CPU machine, in minutes: WINDOW_DRY_RUN=1 bash reproduce/gpu/window.sh
+# (tiny sizes, step_impl=graph falling back to the eager fused step, the probe on a tiny model).
 set -u
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
@@ -30,27 +35,32 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disa
 if [ "$DRY" = 1 ]; then
   # seconds, tiny models, the CPU: the same schedule and the same commands, shrunk
   PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-  DEADLINE=${WINDOW_DEADLINE_S:-170}; LARGE_AT=${WINDOW_LARGE_AT_S:-110}
-  BENCH_S=60; TEST_S=90; NICE=${WINDOW_NICE-nice -n 19}  # WINDOW_NICE= : not niced (a busy machine starves nice 19)
+  DEADLINE=${WINDOW_DEADLINE_S:-400}; END=${WINDOW_END_S:-470}
+  TEST_S=90; PROBE_S=150; NICE=${WINDOW_NICE-nice -n 19}  # WINDOW_NICE= : not niced (a busy machine starves nice 19)
+  PROBE=(--rounds 3); STEPS_PER_RUN=16  # two epochs of 8 windows
   export OMP_NUM_THREADS=1
+  # magnitude's targets and schedule shrunk too (every method takes them; only magnitude uses them)
   SHRINK=(--data.train_tokens=6000 --model.embedding_dim=16 "--model.hidden_sizes=[16,16]"
-          --trainer.max_epochs=2 --data.test_batch_size=20)
+          --trainer.max_epochs=2 --data.test_batch_size=20 "--model.target_neurons=[8,8]"
+          --model.prune_begin_step=2 --model.prune_end_step=12 --model.prune_every=2)
   BENCH=(--steps --quick --methods dense,l0)
 else
   PY=${PYTHON:-python3}
-  # 9 min = 540 s: setup ~40, bench <= 110, trainings to 450, SIGTERM <= 30, speed <= 40, pack
-  DEADLINE=${WINDOW_DEADLINE_S:-450}; LARGE_AT=${WINDOW_LARGE_AT_S:-320}
-  BENCH_S=110; TEST_S=300; NICE=""
+  # 9 min = 540 s: setup ~40, graph tests ~30, probe ~40, trainings to DEADLINE, SIGTERM <= 30,
+  # speed <= 40, bench in what is left before END, pack
+  DEADLINE=${WINDOW_DEADLINE_S:-460}; END=${WINDOW_END_S:-530}
+  TEST_S=60; PROBE_S=80; NICE=""
+  PROBE=(); STEPS_PER_RUN=0  # 0: the plan's default (39 epochs x 1327 steps; large: 55 x 1327)
   export OMP_NUM_THREADS=2  # 16 cores, up to 8 processes
   SHRINK=()
   BENCH=(--steps --sizes medium,large)
 fi
-say "window: dry=$DRY deadline=${DEADLINE}s large_at=${LARGE_AT}s python=$PY out=$OUT runs=$R"
+say "window: plan=${WINDOW_PLAN:-medium} dry=$DRY deadline=${DEADLINE}s end=${END}s python=$PY out=$OUT runs=$R"
 
 # ---- 1. environment -------------------------------------------------------------------------------
-if ! $PY -c "import jsonargparse, datasets" 2>/dev/null; then
+if ! $PY -c "import jsonargparse" 2>/dev/null; then
   if ! ls .whl/*.whl > /dev/null 2>&1; then
-    say "jsonargparse/datasets missing and no wheels in .whl/ (see reproduce/gpu/README.md)"; exit 3
+    say "jsonargparse missing and no wheels in .whl/ (see reproduce/gpu/README.md)"; exit 3
   fi
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     >> "$LOG" 2>&1 || { say "wheel install failed"; exit 3; }
@@ -59,18 +69,19 @@ fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 { command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   echo "cpu cores: $(nproc --all)"
-  $PY -c "import torch, lightning, torchmetrics, jsonargparse, datasets; print('torch', torch.__version__, 'cuda',
+  $PY -c "import torch, lightning, torchmetrics, jsonargparse; print('torch', torch.__version__, 'cuda',
 torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'lightning', lightning.__version__, 'torchmetrics',
-torchmetrics.__version__, 'jsonargparse', jsonargparse.__version__, 'datasets', datasets.__version__,
+torchmetrics.__version__, 'jsonargparse', jsonargparse.__version__,
 'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
   git log -1 --format='commit %H %s' 2>/dev/null; git status --short 2>/dev/null | head -20; } >> "$LOG" 2>&1
 $PY -m reproduce.train --config reproduce/configs/ptb_medium_l0.yaml --model.step_impl=graph --print_config \
   > /dev/null 2>> "$LOG" || { say "the training CLI does not start"; exit 4; }
 
-# MPS lets the runs' kernels share the GPU at once instead of in time slices; used only if a CUDA
-# client works under it (it may not in a sandboxed runtime), else the runs share the GPU without it
+# The small plan's separate processes: MPS would let their kernels share the GPU at once instead of in
+# time slices; used only if a CUDA client works under it (never seen on the lent H200). The medium and
+# large plans need no MPS: their runs are packed in one process.
 MPS=0
-if [ "$DRY" != 1 ] && [ "${WINDOW_MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
+if [ "$DRY" != 1 ] && [ "${WINDOW_PLAN:-medium}" = small ] && [ "${WINDOW_MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   if nvidia-cuda-mps-control -d >> "$LOG" 2>&1 && \
@@ -116,62 +127,68 @@ if [ "${WINDOW_PLAN:-paper}" = small ]; then
   exit 0
 fi
 
-pack() {  # what must come back, repacked whenever called (a window cut short keeps the last pack)
-  local kind files
-  for kind in medium large; do
-    files=$(cd "$R" && ls -d ${kind}_* 2>/dev/null)
-    [ -n "$files" ] || continue
-    tar czf "$OUT/runs_$kind.tgz" -C "$R" "${TAR_EXCLUDE[@]}" $files 2>/dev/null
-    if [ "$(stat -c %s "$OUT/runs_$kind.tgz")" -gt 16000000 ]; then  # the gate histories are the bulk
-      tar czf "$OUT/runs_$kind.tgz" -C "$R" "${TAR_EXCLUDE[@]}" --exclude=gate_history.jsonl $files 2>/dev/null
-    fi
-  done
-  cp -f "$R/bench.log" "$OUT/bench.log" 2>/dev/null
-}
-
-# ---- 2. the bench, on the idle GPU ------------------------------------------------------------------
-say "bench: ${BENCH[*]}"
-timeout "$BENCH_S" $NICE $PY -m reproduce bench "${BENCH[@]}" --out "$OUT/bench_steps.json" > "$R/bench.log" 2>&1
-say "bench rc=$? ($(grep -c 'ms/step' "$R/bench.log") configs timed)"
-grep -A40 '^Training step' "$R/bench.log" >> "$LOG"
-pack
-
-# ---- 3./4. the runs ----------------------------------------------------------------------------------
-declare -A PID
-start() {  # name config [overrides...]
-  local name=$1 config=$2; shift 2
-  $NICE $PY -m reproduce.train --config "reproduce/configs/$config" --run_dir "$R/$name" --profile paper \
-    --wandb disabled --model.step_impl=graph --checkpoint_every_n_steps=0 --trainer.enable_progress_bar=false \
-    "${SHRINK[@]}" "$@" > "$R/$name.log" 2>&1 &
-  PID[$name]=$!
-  say "started $name (pid ${PID[$name]}): $config $*"
-}
-alive() { [ -n "${PID[$1]:-}" ] && kill -0 "${PID[$1]}" 2>/dev/null; }
 done_ok() { [ -f "$R/$1/result.json" ]; }
 
-start medium_dense ptb_medium_dense.yaml
-start medium_l0 ptb_medium_l0.yaml
-start medium_l0_lambda1e-7 ptb_medium_l0.yaml --model.reg_lambda=1e-7
-# ISS at medium scale: the medium config with iss-rnns' large lambda (7e-5 per token), untuned
-start medium_iss ptb_medium_dense.yaml --model.method=group_lasso --model.reg_lambda=7e-5
-( timeout "$TEST_S" $NICE $PY -m pytest tests/test_cuda.py -rA -q -p no:cacheprovider > "$OUT/pytest_cuda.txt" 2>&1
-  echo "[$(el)s] tests/test_cuda.py rc=$? $(tail -1 "$OUT/pytest_cuda.txt")" >> "$LOG" ) &
+pack() {  # what must come back, repacked whenever called (a window cut short keeps the last pack)
+  local files
+  files=$(cd "$R" && ls -d "${KIND}"_* 2>/dev/null | grep -v '\.log$')
+  if [ -n "$files" ]; then
+    tar czf "$OUT/runs_$KIND.tgz" -C "$R" "${TAR_EXCLUDE[@]}" $files 2>/dev/null
+    if [ "$(stat -c %s "$OUT/runs_$KIND.tgz")" -gt 16000000 ]; then  # the gate histories are the bulk
+      tar czf "$OUT/runs_$KIND.tgz" -C "$R" "${TAR_EXCLUDE[@]}" --exclude=gate_history.jsonl $files 2>/dev/null
+    fi
+  fi
+  # the packed trainer's log: every run's lines; its tail if it would pass the limit
+  [ -f "$R/packed.log" ] && tail -c 15000000 "$R/packed.log" > "$OUT/packed.log"
+  cp -f "$R/probe.json" "$R/speed.log" "$OUT/" 2>/dev/null
+  return 0
+}
 
-FIRST_WAVE=(medium_dense medium_l0 medium_l0_lambda1e-7 medium_iss)
+# ---- 2. the CUDA tests that check graph-mode numbers ------------------------------------------------
+KIND=${WINDOW_PLAN:-medium}
+IMPL=graph
+timeout "$TEST_S" $NICE $PY -m pytest tests/test_cuda.py -m "not slow" -x -q -p no:cacheprovider \
+  -k "graph_step_captures or stale" > "$OUT/pytest_cuda.txt" 2>&1
+rc=$?
+say "graph tests rc=$rc: $(tail -1 "$OUT/pytest_cuda.txt")"
+if [ $rc != 0 ] && [ "$DRY" != 1 ]; then IMPL=fused; say "graph-mode numbers unchecked or wrong: the runs train with step_impl=fused"; fi
+
+# ---- 3. the probe and the plan ----------------------------------------------------------------------
+timeout "$PROBE_S" $NICE $PY reproduce/gpu/probe.py probe --scale "$([ "$KIND" = large ] && echo large || echo medium)" --out "$R/probe.json" "${PROBE[@]}" > "$R/probe.log" 2>&1
+say "probe rc=$?"
+grep -E "packed|one epoch" "$R/probe.log" >> "$LOG"
+if [ "$KIND" = large ]; then
+  NAMES=(large_dense large_l0 large_iss)
+  CONFIGS=(ptb_large_dense.yaml ptb_large_l0.yaml ptb_large_group_lasso.yaml)
+  OVERRIDES=("" "" "")
+  PLAN_ARGS=(--max-runs 3 --steps-per-run $(( STEPS_PER_RUN > 0 ? STEPS_PER_RUN : 55 * 1327 )) --epochs 55)
+else
+  # the window's order: what the comparison needs most first
+  NAMES=(medium_dense medium_l0 medium_iss medium_l0_lambda1e-7 medium_iss_lambda1.4e-4 medium_magnitude medium_direct)
+  CONFIGS=(ptb_medium_dense.yaml ptb_medium_l0.yaml ptb_medium_group_lasso.yaml ptb_medium_l0.yaml
+           ptb_medium_group_lasso.yaml ptb_medium_magnitude.yaml ptb_medium_direct.yaml)
+  OVERRIDES=("" "" "" "--model.reg_lambda=1e-7" "--model.reg_lambda=1.4e-4" "" "")
+  PLAN_ARGS=(--max-runs 7 --steps-per-run $(( STEPS_PER_RUN > 0 ? STEPS_PER_RUN : 39 * 1327 )) --epochs 39)
+fi
+PLAN=$($PY reproduce/gpu/probe.py plan "$R/probe.json" --seconds $(( DEADLINE - $(el) )) "${PLAN_ARGS[@]}" 2>> "$LOG")
+eval "$PLAN"  # RUNS=, TF32=, PREDICTED_S=
+if [ -z "${RUNS:-}" ]; then RUNS=4; TF32=0; say "no plan (probe failed): 4 runs in fp32"; fi
+[ "$KIND" = large ] && [ "$RUNS" -lt 2 ] && { RUNS=2; say "large: dense and L0 start anyway; they stop at the deadline, not finished"; }
+[ "$RUNS" -lt 1 ] && RUNS=1
+say "plan: $PLAN -> $RUNS runs packed, step_impl=$IMPL, tf32=$TF32"
+
+# ---- 4. the runs, packed in one process ---------------------------------------------------------------
+RUN_ARGS=()
+for (( k = 0; k < RUNS; k++ )); do
+  RUN_ARGS+=(--run "--config reproduce/configs/${CONFIGS[$k]} --run_dir $R/${NAMES[$k]} --profile paper --wandb disabled
+ --model.step_impl=$IMPL --checkpoint_every_n_steps=0 --checkpoint_every_epoch=false --trainer.enable_progress_bar=false
+ ${SHRINK[*]} ${OVERRIDES[$k]}")
+  say "run $((k + 1)): ${NAMES[$k]}: ${CONFIGS[$k]} ${OVERRIDES[$k]}"
+done
+$NICE $PY -m reproduce.train_packed $([ "$TF32" = 1 ] && echo --tf32) "${RUN_ARGS[@]}" > "$R/packed.log" 2>&1 &
+PACKED=$!
 last_sample=0; last_pack=$(el)
-while [ "$(el)" -lt "$DEADLINE" ]; do
-  if [ -z "${PID[medium_direct]:-}" ] && done_ok medium_l0; then
-    start medium_direct ptb_medium_dense.yaml "--model.sizes_from=$R/medium_l0/result.json"
-  fi
-  wave_running=0
-  for n in "${FIRST_WAVE[@]}"; do alive "$n" && wave_running=1; done
-  if [ -z "${PID[large_dense]:-}" ] && { [ $wave_running = 0 ] || [ "$(el)" -ge "$LARGE_AT" ]; }; then
-    start large_dense ptb_large_dense.yaml
-    start large_l0 ptb_large_l0.yaml
-  fi
-  any=0
-  for n in "${!PID[@]}"; do alive "$n" && any=1; done
-  [ $any = 0 ] && [ -n "${PID[large_dense]:-}" ] && break
+while kill -0 $PACKED 2>/dev/null && [ "$(el)" -lt "$DEADLINE" ]; do
   if [ $(( $(el) - last_sample )) -ge 30 ] && command -v nvidia-smi > /dev/null; then
     echo "$(el),$(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits | head -1)" \
       >> "$OUT/gpu_samples.csv"
@@ -180,35 +197,40 @@ while [ "$(el)" -lt "$DEADLINE" ]; do
   if [ $(( $(el) - last_pack )) -ge 60 ]; then pack; last_pack=$(el); fi
   sleep 2
 done
-
-# ---- 5. deadline: checkpoint and stop, time the finished exports, pack ------------------------------
-for n in "${!PID[@]}"; do
-  if alive "$n"; then kill -TERM "${PID[$n]}"; say "SIGTERM $n"; fi
-done
-for _ in $(seq 30); do
-  any=0; for n in "${!PID[@]}"; do alive "$n" && any=1; done
-  [ $any = 0 ] && break
-  sleep 1
-done
-for n in "${!PID[@]}"; do alive "$n" && { kill -KILL "${PID[$n]}"; say "SIGKILL $n (no checkpoint in 30 s)"; }; done
-wait 2>/dev/null  # the tests too (they have their own timeout)
-for n in $(printf '%s\n' "${!PID[@]}" | sort); do
+if kill -0 $PACKED 2>/dev/null; then
+  say "deadline: SIGTERM to the packed trainer (every run checkpoints at its next step's end)"
+  kill -TERM $PACKED
+  for _ in $(seq 30); do kill -0 $PACKED 2>/dev/null || break; sleep 1; done
+  kill -0 $PACKED 2>/dev/null && { kill -KILL $PACKED; say "SIGKILL (no stop in 30 s)"; }
+fi
+wait $PACKED 2>/dev/null
+say "packed trainer rc=$?"
+grep -E "^\[packed" "$R/packed.log" >> "$LOG"
+for (( k = 0; k < RUNS; k++ )); do
+  n=${NAMES[$k]}
   if done_ok "$n"; then
     state="finished: $($PY -c "import json,sys; r=json.load(open(sys.argv[1])); print('val_ppl %.2f test_ppl %.2f kept %s epochs %s train %ss' % (r['metrics']['val_ppl'], r['metrics']['test_ppl'], r['neurons_kept']['hidden'], r['epochs'], r['wall_time_s']['train']))" "$R/$n/result.json")"
   else
-    state="stopped: $(grep -o 'stopped by SIGTERM[^;]*' "$R/$n.log" | tail -1) epochs logged $(grep -c 'val_ppl' "$R/$n/metrics.csv" 2>/dev/null)"
+    state="NOT FINISHED: epochs logged $(grep -c 'val_ppl' "$R/$n/metrics.csv" 2>/dev/null)"
   fi
   say "$n $state"
 done
-EXPORTS=$(finished_exports "$R"/medium_*/export)
-if [ -n "$EXPORTS" ] && [ "$DRY" != 1 ]; then
-  timeout 40 $PY -m reproduce speed --export $EXPORTS --devices cuda --backends torch --quick >> "$R/speed.log" 2>&1
-  say "speed of the finished medium exports rc=$?"
-elif [ -n "$EXPORTS" ]; then
-  timeout 60 $NICE $PY -m reproduce speed --export $EXPORTS --backends torch --quick --batches 1 >> "$R/speed.log" 2>&1
-  say "speed (dry run, CPU) rc=$?"
+pack
+
+# ---- 5. speed of the finished exports (GPU and this machine's CPU), then the bench if time is left ---
+EXPORTS=$(finished_exports "$R/${KIND}"_*/export)
+if [ -n "$EXPORTS" ]; then
+  if [ "$DRY" = 1 ]; then DEVICES=(cpu); else DEVICES=(cuda cpu); fi
+  timeout 60 $NICE $PY -m reproduce speed --export $EXPORTS --devices "${DEVICES[@]}" --backends torch --threads 1 \
+    --quick > "$R/speed.log" 2>&1
+  say "speed of the finished exports (${DEVICES[*]}) rc=$?"
 fi
-cp -f "$R/speed.log" "$OUT/speed.log" 2>/dev/null
-[ "$MPS" = 1 ] && echo quit | nvidia-cuda-mps-control > /dev/null 2>&1
+LEFT=$(( END - $(el) ))
+if [ "$LEFT" -gt 30 ]; then
+  timeout "$LEFT" $NICE $PY -m reproduce bench --steps --quick --sizes "$([ "$KIND" = large ] && echo large || echo medium)" \
+    --out "$OUT/bench_steps.json" > "$R/bench.log" 2>&1
+  say "bench in the ${LEFT}s left rc=$?"
+  grep -A20 '^Training step' "$R/bench.log" >> "$LOG"
+fi
 pack
 say "done; back in \$OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
