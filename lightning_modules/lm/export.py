@@ -1,9 +1,11 @@
-"""Export a (gated) LSTM language model as a physically smaller dense model, and load it back.
+"""Export a (gated) LSTM or GRU language model as a physically smaller dense model, and load it back.
 
 Contract (DESIGN.md): a folder with `config.json` (vocab_size, embedding_dim,
-hidden_sizes, input_sizes, tie_weights, vocab) and `model.safetensors` with keys
+hidden_sizes, input_sizes, tie_weights, vocab, cell) and `model.safetensors` with keys
 embedding.weight, lstm.{k}.weight_ih, lstm.{k}.weight_hh, lstm.{k}.bias_ih,
-lstm.{k}.bias_hh (gate order i, f, g, o), decoder.weight, decoder.bias.
+lstm.{k}.bias_hh, decoder.weight, decoder.bias. `cell` is "lstm" (gate blocks i, f, g, o) or
+"gru" (r, z, n: PyTorch's nn.GRU layout, so its weights have 3 blocks of rows where an LSTM's
+have 4); the keys say lstm for both. A config without `cell` (older exports) is an LSTM.
 """
 
 from __future__ import annotations
@@ -14,18 +16,12 @@ import torch
 
 from ..errors import UserError
 from ..export_folder import read_export_folder, write_export_folder
+from ..pruning.gated_rnn import CELLS, gate_blocks, gate_rows
 from ..pruning.structured_sparsity import zero_groups
 from ..run_dir import finished_export
 from .language_model import LSTMLanguageModel, model_size
 
 FORMAT = "neuron-selection-lstm-lm/1"
-
-
-def _gate_rows(keep: torch.Tensor) -> torch.Tensor:
-    """Row indices of the four gate blocks (i, f, g, o) of the kept hidden neurons."""
-    hidden = keep.numel()
-    idx = torch.nonzero(keep).flatten()
-    return torch.cat([idx + g * hidden for g in range(4)])
 
 
 @torch.no_grad()
@@ -63,7 +59,7 @@ def pruned_state_dict(model: LSTMLanguageModel) -> tuple[dict[str, torch.Tensor]
     for k, keep in enumerate(keep_hid):
         if not keep.any():
             raise UserError(
-                f"every hidden neuron of LSTM layer {k} was pruned, so the model cannot be "
+                f"every hidden neuron of {rnn.cell.upper()} layer {k} was pruned, so the model cannot be "
                 "exported; lower the penalty strength (reg_lambda)"
             )
     keep_emb = z_in[0] > 0
@@ -72,8 +68,9 @@ def pruned_state_dict(model: LSTMLanguageModel) -> tuple[dict[str, torch.Tensor]
 
     # Layer 0's input gate is folded into the embedding columns it keeps.
     out = {"embedding.weight": (model.embedding.weight[:, keep_emb] * z_in[0][keep_emb]).clone()}
+    blocks = gate_blocks(rnn.cell)
     for k, lstm in enumerate(rnn.layers):
-        rows = _gate_rows(keep_hid[k])
+        rows = gate_rows(keep_hid[k], blocks)
         if k == 0:
             w_ih = lstm.weight_ih_l0[rows][:, keep_emb]
         else:
@@ -94,6 +91,7 @@ def pruned_state_dict(model: LSTMLanguageModel) -> tuple[dict[str, torch.Tensor]
     hidden_sizes = [int(m.sum()) for m in keep_hid]
     config = {
         "format": FORMAT,
+        "cell": rnn.cell,
         "vocab_size": model.vocab_size,
         "embedding_dim": int(keep_emb.sum()),
         "hidden_sizes": hidden_sizes,
@@ -114,7 +112,8 @@ def export_language_model(model: LSTMLanguageModel, vocab: list[str], out_dir: s
     if len(vocab) != model.vocab_size:
         raise UserError(f"vocabulary has {len(vocab)} tokens but the model has {model.vocab_size}")
     tensors, config = pruned_state_dict(model)
-    config.update(model_size(config["vocab_size"], config["embedding_dim"], config["hidden_sizes"]))
+    config.update(model_size(config["vocab_size"], config["embedding_dim"], config["hidden_sizes"],
+                             cell=config["cell"]))
     config.update(extra or {})
     config["vocab"] = list(vocab)
     write_export_folder(out_dir, tensors, config, FORMAT)
@@ -127,8 +126,11 @@ def load_exported_language_model(path: str | Path) -> tuple[LSTMLanguageModel, d
     if len(config.get("vocab", [])) != config["vocab_size"]:
         raise UserError(f"{cfg_file}: vocab has {len(config.get('vocab', []))} tokens, "
                         f"vocab_size says {config['vocab_size']}")
+    cell = config.get("cell", "lstm")
+    if cell not in CELLS:
+        raise UserError(f"{cfg_file}: cell {cell!r} is not one of {', '.join(CELLS)}")
     model = LSTMLanguageModel(config["vocab_size"], config["embedding_dim"], config["hidden_sizes"],
-                              gated=False, init_scale=None)
+                              gated=False, init_scale=None, cell=cell)
     if model.rnn.input_sizes != config["input_sizes"]:
         raise UserError(f"{cfg_file}: input_sizes {config['input_sizes']} do not chain with "
                         f"embedding_dim and hidden_sizes")
@@ -158,6 +160,9 @@ def load_initial_weights(model: LSTMLanguageModel, run: str | Path) -> list[str]
     as long as its exported sizes are this model's sizes."""
     export = finished_export(run, "model.init_from")
     source, config = load_exported_language_model(export)
+    if source.cell != model.cell:
+        raise UserError(f"model.init_from: {export} holds a {source.cell.upper()} model, this config builds a "
+                        f"{model.cell.upper()}; set model.cell to {source.cell}")
     theirs = (config["vocab_size"], config["embedding_dim"], list(config["hidden_sizes"]))
     ours = (model.vocab_size, model.embedding.embedding_dim, list(model.rnn.hidden_sizes))
     if theirs != ours:

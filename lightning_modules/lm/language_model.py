@@ -1,19 +1,20 @@
-"""Word-level LSTM language model (Zaremba et al. 2014) on top of `GatedLSTM`."""
+"""Word-level LSTM (or GRU) language model (Zaremba et al. 2014) on top of `GatedRNN`."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..pruning.gated_lstm import GateConfig, GatedLSTM, State
+from ..pruning.gated_rnn import CELLS, GateConfig, GatedRNN, State, gate_blocks
 from ..pruning.structured_sparsity import ISSUnit, input_group_norms, lm_units
 
 
 class LSTMLanguageModel(nn.Module):
-    """Embedding -> GatedLSTM -> Linear decoder. Tokens are batch-major (B, T).
+    """Embedding -> GatedRNN (LSTM or GRU layers, `cell`) -> Linear decoder. Tokens are
+    batch-major (B, T).
 
     Gated: the embedding dimensions are the first layer's input neurons (their gates
-    live in the LSTM), and the decoder consumes the last layer's gated output.
+    live in the RNN), and the decoder consumes the last layer's gated output.
     Ungated with explicit sizes: the plain model an export loads into.
     """
 
@@ -26,11 +27,15 @@ class LSTMLanguageModel(nn.Module):
         gated: bool = True,
         init_scale: float | None = 0.1,
         gate_config: GateConfig = GateConfig(),
+        cell: str = "lstm",
     ) -> None:
         super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
         self.vocab_size = vocab_size
+        self.cell = cell
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.rnn = GatedLSTM(embedding_dim, hidden_sizes, dropout, gated, gate_config)
+        self.rnn = GatedRNN(embedding_dim, hidden_sizes, dropout, gated, gate_config, cell=cell)
         self.decoder = nn.Linear(hidden_sizes[-1], vocab_size)
         if init_scale is not None:
             # Zaremba / TF tutorial: every weight and bias uniform in [-scale, scale].
@@ -65,15 +70,17 @@ class LSTMLanguageModel(nn.Module):
 
 
 def model_size(vocab_size: int, embedding_dim: int, hidden_sizes: list[int],
-               input_sizes: list[int] | None = None) -> dict[str, int]:
-    """Parameter count and forward FLOPs per token of a dense LSTM LM of these sizes.
+               input_sizes: list[int] | None = None, cell: str = "lstm") -> dict[str, int]:
+    """Parameter count and forward FLOPs per token of a dense LSTM (or GRU) LM of these sizes.
 
-    FLOPs count 2 per multiply-add of the matrix products only (LSTM gates and the
-    decoder); elementwise ops and the embedding lookup are left out, as is usual.
+    FLOPs count 2 per multiply-add of the matrix products only (the RNN's gate blocks and the
+    decoder); elementwise ops and the embedding lookup are left out, as is usual. The keys say
+    "lstm" for either cell (they are result.json's contract).
     """
     input_sizes = input_sizes or [embedding_dim, *hidden_sizes[:-1]]
-    lstm_params = sum(4 * h * (i + h) + 8 * h for i, h in zip(input_sizes, hidden_sizes))
-    lstm_flops = sum(2 * 4 * h * (i + h) for i, h in zip(input_sizes, hidden_sizes))
+    b = gate_blocks(cell)
+    lstm_params = sum(b * h * (i + h) + 2 * b * h for i, h in zip(input_sizes, hidden_sizes))
+    lstm_flops = sum(2 * b * h * (i + h) for i, h in zip(input_sizes, hidden_sizes))
     decoder_params = vocab_size * hidden_sizes[-1] + vocab_size
     return {
         "params": vocab_size * embedding_dim + lstm_params + decoder_params,

@@ -54,6 +54,7 @@ class LanguageModelTask(PrunedTask):
         input_groups: bool = False,
         sizes_from: str | None = None,
         inner_input_gates: bool = True,
+        cell: Literal["lstm", "gru"] = "lstm",
         lr: float = 1.0,
         lr_schedule: Literal["exponential", "thirds"] = "exponential",
         lr_decay: float = 0.5,
@@ -73,6 +74,7 @@ class LanguageModelTask(PrunedTask):
             init_scale: weights and biases uniform in [-init_scale, init_scale].
             inner_input_gates: false: layers above the first have no input gates of their own, so
                 the path between layers is gated once (by the hidden gate below), not twice.
+            cell: lstm or gru, the recurrent layers (the same gates, penalty and export).
             lr, lr_schedule, lr_decay, lr_decay_start_epoch: SGD learning rate and its schedule:
                 exponential: from epoch lr_decay_start_epoch on (0-based epoch e),
                 lr * lr_decay ** (e + 1 - start) (TF tutorial); thirds: lr * lr_decay **
@@ -117,7 +119,8 @@ class LanguageModelTask(PrunedTask):
         self.hparams.update(embedding_dim=embedding_dim, hidden_sizes=list(hidden_sizes))
         self.model = LSTMLanguageModel(vocab_size, embedding_dim, list(hidden_sizes), dropout,
                                        gated=self.gated, init_scale=init_scale,
-                                       gate_config=self.gate_config(inner_input_gates=inner_input_gates))
+                                       gate_config=self.gate_config(inner_input_gates=inner_input_gates),
+                                       cell=cell)
         self.init_vocab = load_initial_weights(self.model, init_from) if init_from else None
         self.pruning = self.build_pruning(self.model, input_groups=input_groups, **targets)
         self.val_ppl = Perplexity()
@@ -141,10 +144,11 @@ class LanguageModelTask(PrunedTask):
         kept = neurons_kept(self.model)
         weights = lstm_weight_matrices(list(rnn.layers))
         hp = self.hparams
-        before = model_size(hp.vocab_size, hp.embedding_dim, list(hp.hidden_sizes))
+        before = model_size(hp.vocab_size, hp.embedding_dim, list(hp.hidden_sizes), cell=hp.cell)
         # the exported embedding keeps layer 0's surviving inputs; a layer reads all the
         # surviving neurons of the one below (max(.., 1): sizes of a model export refuses)
-        after = model_size(hp.vocab_size, max(kept["input"][0], 1), [max(h, 1) for h in kept["hidden"]])
+        after = model_size(hp.vocab_size, max(kept["input"][0], 1), [max(h, 1) for h in kept["hidden"]],
+                           cell=hp.cell)
         return {
             "neurons_kept": kept,
             "neurons_total": {"input": list(rnn.input_sizes), "hidden": list(rnn.hidden_sizes)},
@@ -165,7 +169,7 @@ class LanguageModelTask(PrunedTask):
         x, y = batch
         logits, state = self.model(x, self._state)
         # truncated BPTT: carry the state into the next segment, but not its graph
-        self._state = [(h.detach(), c.detach()) for h, c in state]
+        self._state = [tuple(t.detach() for t in s) for s in state]  # (h, c) LSTM, (h,) GRU
         return logits, y
 
     def training_step(self, batch, batch_idx):
@@ -337,12 +341,12 @@ class LanguageModelTask(PrunedTask):
             state = self._train_step.hidden_state() if self._state is None else self._state
         else:  # a checkpoint written during a mid-epoch validation finds the state set aside
             state = self._state if self._state is not None else getattr(self, "_train_state", None)
-        return {"hidden": [(h.cpu(), c.cpu()) for h, c in state] if state is not None else None,
+        return {"hidden": [tuple(t.cpu() for t in s) for s in state] if state is not None else None,
                 "train_ce": metric_state(self.train_ce)}
 
     def apply_resume_extras(self, saved: dict) -> None:
         if saved.get("hidden") is not None:
-            self._state = [(h.to(self.device), c.to(self.device)) for h, c in saved["hidden"]]
+            self._state = [tuple(t.to(self.device) for t in s) for s in saved["hidden"]]
         if saved.get("train_ce") is not None:
             load_metric_state(self.train_ce, saved["train_ce"])
 

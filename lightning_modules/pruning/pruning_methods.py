@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .gated_rnn import gate_blocks
 from .hard_concrete import HardConcreteGate
 from .structured_sparsity import (
     ISSUnit,
@@ -258,7 +259,7 @@ class Magnitude(PruningMethod):
         if self.structured:
             for unit, alive in zip(units, self.alive()):
                 dead = ~alive
-                rows = dead.repeat(4)  # the neuron's row in each of the i, f, g, o blocks
+                rows = dead.repeat(gate_blocks(unit.lstm))  # the neuron's row in each gate block
                 for p in unit.lstm.parameters():
                     p.masked_fill_(rows.view(-1, *([1] * (p.dim() - 1))), 0.0)
                 unit.lstm.weight_hh_l0.masked_fill_(dead, 0.0)  # its recurrent column

@@ -2,7 +2,8 @@
 
 ISS component of hidden neuron k of LSTM layer l (Wen et al. 2018, "intrinsic sparse
 structures"): every weight that only exists because neuron k exists, i.e.
-  - row k of each of the four gate blocks (i, f, g, o) of weight_ih and weight_hh,
+  - row k of each of the four gate blocks (i, f, g, o) of weight_ih and weight_hh (the three
+    blocks r, z, n of a GRU, which the same groups cover),
   - column k of weight_hh (its recurrent output),
   - column k of its consumer: the next layer's weight_ih, or the decoder.
 Each weight belongs to the group once (row k and column k of weight_hh share 4 entries).
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .gated_rnn import gate_blocks
+
 
 def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
     # the norm of an all-zero group has no gradient; use 0 (a subgradient) instead of NaN
@@ -31,10 +34,10 @@ def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ISSUnit:
-    """One single-layer LSTM and its consumers: hidden neuron j is read by `weight[:, cols[j]]`
-    for every (weight, cols) pair, cols a (hidden_size, k) index tensor."""
+    """One single-layer LSTM (or GRU) and its consumers: hidden neuron j is read by
+    `weight[:, cols[j]]` for every (weight, cols) pair, cols a (hidden_size, k) index tensor."""
 
-    lstm: nn.LSTM
+    lstm: nn.LSTM | nn.GRU
     consumers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     name: str = ""
 
@@ -54,12 +57,12 @@ def unit_group_squares(units: list[ISSUnit]) -> list[torch.Tensor]:
     out = []
     for unit in units:
         lstm = unit.lstm
-        hidden = lstm.hidden_size
+        hidden, blocks = lstm.hidden_size, gate_blocks(lstm)
         w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
-        rows = (w_ih.view(4, hidden, -1).square().sum((0, 2))
-                + w_hh.view(4, hidden, hidden).square().sum((0, 2)))
+        rows = (w_ih.view(blocks, hidden, -1).square().sum((0, 2))
+                + w_hh.view(blocks, hidden, hidden).square().sum((0, 2)))
         recurrent_cols = w_hh.square().sum(0)
-        overlap = torch.diagonal(w_hh.view(4, hidden, hidden), dim1=1, dim2=2).square().sum(0)
+        overlap = torch.diagonal(w_hh.view(blocks, hidden, hidden), dim1=1, dim2=2).square().sum(0)
         consumed = sum(weight.square().sum(0)[cols.to(weight.device)].sum(1) for weight, cols in unit.consumers)
         out.append(rows + recurrent_cols - overlap + consumed)
     return out

@@ -16,10 +16,12 @@ reversed within its own length (padding stays at the end, where neither directio
 char-CNN windows start inside their word, so a word's vector does not depend on how long the
 longest word of its batch is.
 
-Each BiLSTM is two single-layer GatedLSTMs, one per direction, each with its own input and
-hidden gates; the eight, in the order reports list them, are LSTM_NAMES. `all_units()` gives
-each with the weight columns that read its hidden neurons (its ISS consumers), which the
-pruning methods and the export use.
+Each BiLSTM is two single-layer GatedLSTMs (the suite's one gating implementation,
+pruning/gated_rnn.py), one per direction, each with its own input and hidden gates: not one
+bidirectional GatedRNN, because the backward direction reads each sequence reversed within its
+own length, and because the two directions' input gates are separate here. The eight, in the
+order reports list them, are LSTM_NAMES. `all_units()` gives each with the weight columns that
+read its hidden neurons (its ISS consumers), which the pruning methods and the export use.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pruning.gated_lstm import GateConfig, GatedLSTM
+from ..pruning.gated_rnn import GateConfig, GatedLSTM
 from ..pruning.structured_sparsity import ISSUnit
 
 BILSTMS = ("contextual", "modelling.0", "modelling.1", "output")

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import UserError
 from ..export_folder import read_export_folder, write_export_folder
+from ..pruning.gated_rnn import gate_blocks, gate_rows
 from ..pruning.structured_sparsity import unit_zero_groups
 from ..timing import paired_ratio, stats, time_interleaved
 from .bidaf import LSTM_NAMES, BiDAF, bidaf_size
@@ -68,12 +69,6 @@ def neurons_kept(model: BiDAF) -> dict:
             "by_lstm": {n: {"input": inputs[n], "hidden": hidden[n]} for n in LSTM_NAMES}}
 
 
-def _gate_rows(keep: torch.Tensor) -> torch.Tensor:
-    hidden = keep.numel()
-    idx = torch.nonzero(keep).flatten()
-    return torch.cat([idx + g * hidden for g in range(4)])
-
-
 @torch.no_grad()
 def pruned_state_dict(model: BiDAF) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """The state dict of the smaller dense BiDAF, and its hidden size per LSTM."""
@@ -100,7 +95,7 @@ def pruned_state_dict(model: BiDAF) -> tuple[dict[str, torch.Tensor], dict[str, 
     for name in LSTM_NAMES:
         lstm = model.lstm(name).layers[0]
         z_in, z_hid = scales[name]
-        rows, k = _gate_rows(keep[name]), keep[name]
+        rows, k = gate_rows(keep[name], gate_blocks(lstm)), keep[name]
         prefix = f"{name}.layers.0"
         w_ih = (lstm.weight_ih_l0 * z_in)[rows]
         cols_key = f"{prefix}.weight_ih_l0"
