@@ -8,9 +8,12 @@
 - gate_open_<run>.png: P(z != 0) of every input and hidden gate over training, one heatmap per
   layer and gate kind, for each run with a gate_history.jsonl (the gated runs).
 
-A front joins the runs of one label that no other run of that label beats with fewer-or-equal
-x; dominated runs are drawn hollow, so every run stays visible. The dense reference is a
-dashed horizontal line.
+A point is one experiment (a table row: runs that differ only in their seed): the mean over
+its seeds, with error bars of one sample std on both axes and every seed's own point drawn
+small and faint beside it, so the seeds' spread is visible. A front joins the experiments of
+one label that no other experiment of that label beats with fewer-or-equal x (on the means, as
+the tables' fronts); dominated experiments are drawn hollow, so every run stays visible. The
+dense reference is a dashed horizontal line (its seeds' ± 1 std a band).
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ from pathlib import Path
 from lightning_modules.atomic import atomic_write_bytes
 
 from .fronts import FRONT_METRIC, pareto_front
-from .runs import Run, flops_after, flops_before, gate_history, is_reference, method_rank, scale_and_section
+from .runs import (
+    Run,
+    flops_after,
+    flops_before,
+    gate_history,
+    group_runs,
+    is_reference,
+    method_rank,
+    scale_and_section,
+)
 
 # metric, axis label, lower is better
 _YLABEL = {"ptb": "test perplexity (per word)", "squad": "F1 on SQuAD dev (%)"}
@@ -69,22 +81,42 @@ class Styles:
         return COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)], "--" if label in self.fine_tuned else "-"
 
 
-Panels = dict[str, dict[str, list[tuple[float, float]]]]
+Point = tuple[float, float]
+Panels = dict[str, dict[str, list[list[Point]]]]
 
 
 def _points(dataset: str, runs: list[Run], x_of: Callable[[Run], float | None]) -> Panels:
-    """{section: {label: [(x, metric), ...]}}, one point per run that has both values."""
+    """{section: {label: [[(x, metric) of each seed], ...]}}: per label one list per experiment
+    (runs.group_runs), one point per run that has both values."""
     metric = PLOT_METRIC[dataset][0]
     panels: dict[str, dict[str, list]] = {}
     sizes = {}
-    for run in runs:
-        x, y = x_of(run), (run.result.get("metrics") or {}).get(metric)
-        if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
+    for group in group_runs(runs):
+        seeds = []
+        for run in group:
+            x, y = x_of(run), (run.result.get("metrics") or {}).get(metric)
+            if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+                seeds.append((float(x), float(y)))
+        if not seeds:
             continue
-        _, section, size = scale_and_section(dataset, run)
+        _, section, size = scale_and_section(dataset, group[0])
         sizes[section] = size
-        panels.setdefault(section, {}).setdefault(run.label, []).append((float(x), float(y)))
+        panels.setdefault(section, {}).setdefault(group[0].label, []).append(seeds)
     return {s: panels[s] for s in sorted(panels, key=lambda s: (sizes[s], s))}
+
+
+def _mean(points: list[Point]) -> Point:
+    return statistics.fmean(x for x, _ in points), statistics.fmean(y for _, y in points)
+
+
+def _spread(ax, seeds: list[Point], color: str, marker: str) -> None:
+    """An experiment's seeds: error bars of one sample std around their mean, and each seed's point."""
+    if len(seeds) < 2:
+        return
+    x, y = _mean(seeds)
+    ax.errorbar([x], [y], xerr=[statistics.stdev(p[0] for p in seeds)], yerr=[statistics.stdev(p[1] for p in seeds)],
+                fmt="none", ecolor=color, elinewidth=1, capsize=3, zorder=2)
+    ax.scatter(*zip(*seeds), color=color, marker=marker, s=10, alpha=0.35, linewidths=0, zorder=1)
 
 
 def _log_scale_if_wide(ax, which: str, values: list[float]) -> None:
@@ -139,27 +171,36 @@ def _dense_latency(dataset: str, runs: list[Run]) -> dict[str, tuple[float, str]
 
 def pareto_figure(dataset: str, panels: Panels, styles: Styles, xlabel: str, title: str,
                   reference_x: dict[str, tuple[float, str]], engineering_x: bool = False):
-    """One panel per section: per label its front as a line, its dominated runs as hollow markers."""
+    """One panel per section: per label its front through the experiments' means as a line, its
+    dominated experiments as hollow markers, every experiment's seed spread around its mean."""
     _, ylabel, lower = PLOT_METRIC[dataset]
     fig = _figure(figsize=(5.2 * len(panels) + 1.0, 4.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (section, labels) in zip(axes, panels.items()):
-        ys = [y for pts in labels.values() for _, y in pts]
-        xs = [x for pts in labels.values() for x, _ in pts]
+        ys = [y for groups in labels.values() for seeds in groups for _, y in seeds]
+        xs = [x for groups in labels.values() for seeds in groups for x, _ in seeds]
         for label in sorted(labels, key=styles.order.index):
             color, marker, linestyle = styles.of(label)
-            pts = labels[label]
-            n_runs = f"{len(pts)} run{'s' * (len(pts) > 1)}"
+            groups = labels[label]
+            n = sum(len(seeds) for seeds in groups)
+            n_runs = f"{n} run{'s' * (n > 1)}"
             if label in styles.reference:  # the line every pruned model is judged against
+                pts = [p for seeds in groups for p in seeds]
                 mean_y = statistics.fmean(y for _, y in pts)
                 ax.axhline(mean_y, color=color, linestyle="--", linewidth=1, label=f"{label} ({mean_y:.1f})")
+                if len(pts) > 1:
+                    std = statistics.stdev(y for _, y in pts)
+                    ax.axhspan(mean_y - std, mean_y + std, color=color, alpha=0.08, linewidth=0)
                 ax.scatter(*zip(*pts), color=color, marker=marker, zorder=3)
                 continue
-            front = pareto_front(pts, lower)
+            means = [_mean(seeds) for seeds in groups]
+            front = pareto_front(means, lower)
             ax.plot(*zip(*front), color=color, marker=marker, linestyle=linestyle, label=f"{label} ({n_runs})")
-            rest = [p for p in pts if p not in front]
+            rest = [p for p in means if p not in front]
             if rest:
                 ax.scatter(*zip(*rest), facecolors="none", edgecolors=color, marker=marker)
+            for seeds in groups:
+                _spread(ax, seeds, color, marker)
         if section in reference_x:
             x, text = reference_x[section]
             ax.axvline(x, color="gray", linestyle=":", linewidth=1, label=text)

@@ -17,7 +17,7 @@ from .tables import build_table, check_dataset, save_table
 def write_report(dataset: str, runs_dir: str | Path, out_dir: str | Path | None = None, *,
                  wandb_project: str | None = None, profile: str | None = None, where: str | None = None,
                  heading_level: int = 1, echo: TextIO | None = None) -> dict:
-    """table.md, table.csv and the plots of the finished runs of runs_dir (or of a W&B project,
+    """table.md, table.csv, equal_flops.csv and the plots of the finished runs of runs_dir (or of a W&B project,
     keeping `profile`'s runs) in out_dir (default: runs_dir); the Markdown is printed to `echo`
     (default: stdout), what was written to stderr. Returns the table with `plots` added."""
     check_dataset(dataset)
@@ -30,6 +30,6 @@ def write_report(dataset: str, runs_dir: str | Path, out_dir: str | Path | None 
     print(table["text"], file=echo or sys.stdout)
     if unfinished:
         print(f"unfinished (no result.json, skipped): {', '.join(unfinished)}", file=sys.stderr)
-    for path in (table["markdown"], table["csv"], *plots):
+    for path in (table["markdown"], table["csv"], table["equal_flops_csv"], *plots):
         print(f"wrote {path}", file=sys.stderr)
     return {**table, "plots": plots}

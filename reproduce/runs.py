@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +111,74 @@ def source_run_name(path: str) -> str:
     """The run named by a sizes_from / init_from setting (a result.json, a run dir or its export/)."""
     p = Path(path)
     return p.parent.name if p.suffix == ".json" or p.name == EXPORT_DIR else p.name
+
+
+# ---- experiments: runs that differ only in their seed ---------------------------------------------
+
+SEED_SUFFIX = re.compile(r"_seed\d+$")
+# model settings of how a step is computed or what is logged, not of what is trained: one experiment
+# whichever a seed ran with (step_impl fused computes the eager step's numbers; the device a seed
+# trained on is listed with the row instead)
+NOT_THE_EXPERIMENT = ("step_impl", "gate_history_every")
+# settings only a gated model reads (lightning_modules/task_base.py, lm/lm_task.py): a model without
+# gates trained the same whatever they say. The default log_alpha_init_mean moved from 1 to 3 between
+# the small dense run of seed 1 and its later seeds.
+GATE_SETTINGS = ("gate_beta", "gate_gamma", "gate_zeta", "log_alpha_init_mean", "log_alpha_init_std",
+                 "log_alpha_range", "gates_freeze_epoch", "gate_update", "gate_lr", "inner_input_gates")
+
+
+def _source_experiment(path) -> str | None:
+    """The run a sizes_from / init_from setting names, as an experiment: its run name without a
+    `_seed<N>` suffix. A seed's fine-tuning starts from the dense run of its own seed
+    (init_from .../dense_seed2), the direct design of every seed takes seed 1's sizes through
+    whatever path that record had on its machine (results/... or reproduce/measured/...)."""
+    return SEED_SUFFIX.sub("", source_run_name(path)) if isinstance(path, str) and path else None
+
+
+def experiment_key(run: Run) -> tuple[str, dict]:
+    """(what two seeds of one experiment must share exactly, model settings they must agree on
+    where both record them).
+
+    The settings are compared only where both runs have them because result.json records every
+    model setting of the code that trained it: a seed trained after a setting was added (e.g.
+    step_impl) records it, the seed trained before it does not, and both trained the same model.
+    Settings that do not change what is trained are left out (NOT_THE_EXPERIMENT; GATE_SETTINGS
+    of a run without gates). A config file is named by its file name: the same config given by
+    another path (another checkout, an absolute path) is the same experiment."""
+    r = run.result
+    ignored = {"sizes_from", "init_from", *NOT_THE_EXPERIMENT,
+               *(() if run.properties.get("gated") else GATE_SETTINGS)}
+    hp = {k: v for k, v in run.hparams.items() if not k.startswith("_") and k not in ignored}
+    config = r.get("config_path")
+    configs = [Path(c).name for c in (config if isinstance(config, list) else [config]) if c]
+    fixed = json.dumps([r.get("dataset"), r.get("profile"), r.get("method"), run.label, r.get("lambda"),
+                        r.get("l0_penalty"), r.get("neurons_total"), r.get("epochs"), r.get("train_tokens"), configs,
+                        _source_experiment(run.hparams.get("sizes_from")),
+                        _source_experiment(run.hparams.get("init_from"))], sort_keys=True, default=str)
+    return fixed, hp
+
+
+def seed_order(seed) -> tuple:
+    """Sort key of a seed: numbers in numeric order (2 before 10), anything else after them."""
+    number = isinstance(seed, (int, float)) and not isinstance(seed, bool)
+    return (0, seed, "") if number else (1, 0, str(seed))
+
+
+def group_runs(runs: list[Run]) -> list[list[Run]]:
+    """The runs grouped into experiments (one table row each), each group ordered by seed then
+    name, the groups in the order their first run comes in that order."""
+    groups: list[tuple[str, dict, list[Run]]] = []
+    for run in sorted(runs, key=lambda r: (seed_order(r.result.get("seed")), r.name)):
+        fixed, hp = experiment_key(run)
+        for group_fixed, group_hp, members in groups:
+            if group_fixed == fixed and all(group_hp[k] == v for k, v in hp.items() if k in group_hp):
+                # a later seed is checked against every setting any seed of the group recorded
+                group_hp.update(hp)
+                members.append(run)
+                break
+        else:
+            groups.append((fixed, dict(hp), [run]))
+    return [members for _, _, members in groups]
 
 
 # ---- the model a run started from ----------------------------------------------------------------

@@ -3,8 +3,9 @@
 Reads the finished runs (subfolders holding result.json) of results/<dataset>/<profile>/, or
 of another folder (--runs: a sweep's results/sweeps/<name>/, or a committed records folder
 such as reproduce/measured/ptb_small/), or the same result dicts from a W&B project (--wandb
-ENTITY/PROJECT). Writes table.md, table.csv and the plots into that folder (or --out) and
-prints the Markdown (reproduce/tables.py, reproduce/plots.py).
+ENTITY/PROJECT). Writes table.md (the rows, their Pareto fronts with the seeds' noise, the metric
+at equal FLOPs), table.csv, equal_flops.csv and the plots into that folder (or --out) and prints
+the Markdown (reproduce/tables.py, reproduce/fronts.py, reproduce/plots.py).
 
 `python -m reproduce table --update-readme [README.md]` rewrites the README's
 `<!-- table: ... -->` blocks from their records folders (reproduce/records.py).
@@ -34,7 +35,7 @@ def add_arguments(parser) -> None:
                         help="read the run dirs under DIR instead, e.g. results/sweeps/<name> or a records "
                              "folder such as reproduce/measured/ptb_small")
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="where table.md, table.csv and the PNGs go (default: the runs folder)")
+                        help="where table.md, table.csv, equal_flops.csv and the PNGs go (default: the runs folder)")
     parser.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT",
                         help="read the runs' results from this W&B project instead of run dirs "
                              "(default output: RESULTS/DATASET/wandb-PROJECT)")

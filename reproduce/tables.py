@@ -1,13 +1,19 @@
 """Reported-vs-reproduced tables, rendered from the records of reproduce/runs.py.
 
-Runs that differ only in their seed form one row (mean ± sample std over the seeds); rows are
-grouped by what a method is (result["method_properties"]: its label), so "L0" and "L0
-(fine-tuned)" are separate rows. Under each row come its reported counterparts from
-reproduce/reported.yaml (same model scale and method) with the difference reproduced -
-reported; reported rows without a run are listed as "not yet run". table.md and table.csv
-(one line per row and counterpart). The Markdown holds no timestamp or absolute path of
-its own, so a table regenerated from the same records on another machine is the same text
-(the README's tables are checked that way: tests/test_records.py).
+Runs that differ only in their seed form one row (mean ± sample std over the seeds, the seeds
+listed; runs.group_runs says what "only" allows); rows are grouped by what a method is
+(result["method_properties"]: its label), so "L0" and "L0 (fine-tuned)" are separate rows.
+Under each row come its reported counterparts from reproduce/reported.yaml (same model scale
+and method) with the difference reproduced - reported; reported rows without a run are listed
+as "not yet run". table.md and table.csv (one line per row and counterpart). The Markdown holds
+no timestamp or absolute path of its own, so a table regenerated from the same records on
+another machine is the same text (the README's tables are checked that way:
+tests/test_records.py).
+
+Below the tables, two computed sections a verdict in prose is checked against: the Pareto fronts
+(which row dominates which, beyond the seeds' noise: reproduce/fronts.py) and the metric at equal
+FLOPs (each method's front per seed, read at fixed fractions of the dense model's FLOPs);
+equal_flops.csv holds the latter's numbers.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import csv
 import io
 import json
 import statistics
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +30,21 @@ from lightning_modules.atomic import atomic_write_text
 from lightning_modules.errors import UserError
 from lightning_modules.timing import trained_on_gpu
 
-from .fronts import FRONT_METRIC, covered, dominated_by, pool_by_shape
+from .fronts import (
+    ALPHA,
+    DOMINATES,
+    FRONT_METRIC,
+    WITHIN_NOISE,
+    Noise,
+    answer,
+    compare,
+    coverage,
+    front_value,
+    is_better,
+    pool_by_shape,
+    pooled_noise,
+    relations,
+)
 from .reported import load_reported
 from .runs import (
     BIDAF_PAPER_HIDDEN,
@@ -33,17 +53,21 @@ from .runs import (
     collect_runs,
     display_path,
     flops_after,
+    flops_before,
+    group_runs,
     is_reference,
     method_rank,
     neurons,
     scale_and_section,
+    seed_order,
     source_run_name,
 )
 
 METRICS = {"ptb": ("val_ppl", "test_ppl"), "squad": ("em", "f1")}
 METRIC_NAMES = {"val_ppl": "val ppl", "test_ppl": "test ppl", "em": "EM", "f1": "F1"}
 NOT_MEASURED = "not measured"
-TABLE_MD, TABLE_CSV = "table.md", "table.csv"
+TABLE_MD, TABLE_CSV, EQUAL_FLOPS_CSV = "table.md", "table.csv", "equal_flops.csv"
+EQUAL_FLOPS_FRACTIONS = (0.5, 0.6, 0.8)  # of the dense model's FLOPs: where methods are compared at equal cost
 
 
 @dataclass(frozen=True)
@@ -54,8 +78,16 @@ class Stat:
     n: int
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def numbers(values: Iterable) -> list:
+    return [v for v in values if is_number(v)]
+
+
 def stat(values) -> Stat:
-    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    nums = numbers(values)
     if not nums:
         return Stat(None, None, 0)
     if len(nums) == 1:  # one seed: the value as recorded (a count stays an int in the CSV)
@@ -102,15 +134,6 @@ def target_of(run: Run) -> str:
 
 # ---- rows -------------------------------------------------------------------------------------
 
-def group_key(run: Run) -> str:
-    """Everything that defines an experiment except the seed."""
-    r = run.result
-    hp = {k: v for k, v in run.hparams.items() if not k.startswith("_")}
-    return json.dumps([r.get("dataset"), r.get("profile"), r.get("method"), run.label, r.get("lambda"),
-                       r.get("l0_penalty"), hp, r.get("neurons_total"), r.get("epochs"), r.get("train_tokens"),
-                       r.get("config_path")], sort_keys=True, default=str)
-
-
 def _per_layer(lists: list) -> list[Stat] | None:
     lists = [x for x in lists if x is not None]
     if not lists or len({len(x) for x in lists}) != 1:
@@ -148,6 +171,11 @@ def summarize(dataset: str, runs: list[Run], where: str) -> dict:
         "eval_note": next(((run.result.get("evaluation") or {}).get("note") for run in runs
                            if (run.result.get("evaluation") or {}).get("train_on_dev")), None),
         "reported": [],
+        # each seed's own numbers, for the noise tests and the per-seed fronts
+        "per_run": [{"seed": run.result.get("seed"), "flops_per_token": flops_after(run),
+                     **{m: (run.result.get("metrics") or {}).get(m) for m in METRICS[dataset]}} for run in runs],
+        # the model it was pruned from (a direct design's is its own, small, model)
+        "unpruned_flops": max(numbers(flops_before(run) for run in runs), default=None),
     }
     for metric in METRICS[dataset]:
         row[metric] = stat([(run.result.get("metrics") or {}).get(metric) for run in runs])
@@ -166,11 +194,7 @@ def matches(entry: dict, row: dict) -> bool:
 def build_rows(dataset: str, runs: list[Run], reported: list[dict],
                where: str = ".") -> tuple[list[dict], list[dict]]:
     """(rows with their reported counterparts, reported entries that no row matches)."""
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(group_key(run), []).append(run)
-    rows = [summarize(dataset, sorted(g, key=lambda r: (str(r.result.get("seed")), r.name)), where)
-            for g in groups.values()]
+    rows = [summarize(dataset, group, where) for group in group_runs(runs)]
     for row in rows:
         row["reported"] = [e for e in reported if matches(e, row)]
     rows.sort(key=lambda r: (r["size"], r["section"], r["rank"],
@@ -290,8 +314,9 @@ def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources
                      fmt_stat(row["flops_per_token"], ",.0f"), fmt_stat(row[m1]), fmt_stat(row[m2]), "", "", speed])
 
     out = [f"{h1} {dataset.upper()}: reproduced vs reported", "",
-           f"Built by `python -m reproduce table` from {origin}. Each row `rN` is one experiment "
-           "(several seeds: mean ± sample std); the `↳ reported` lines under it are its counterparts in "
+           f"Built by `python -m reproduce table` from {origin}. Each row `rN` is one experiment: its runs "
+           "differ only in the seed (the seeds are listed; several: mean ± sample std); the `↳ reported` lines "
+           "under it are its counterparts in "
            "`reproduce/reported.yaml` (same model scale and method, the model trained at that scale's sizes), with "
            "Δ = reproduced − reported. An empty "
            "cell is a number no source gave (never 0). Speedup: dense time / pruned time per step, whole model, "
@@ -309,6 +334,7 @@ def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources
                 out.append(reported_line(item, "not yet run: reported", None))
         out.append("")
     out += render_fronts(dataset, rows, row_ids, h3)
+    out += render_equal_flops(dataset, rows, h3)
     if commands:
         out += [f"{h3} Commands", "", *commands, ""]
     if notes:
@@ -345,54 +371,81 @@ def _front_costs(rows: Mapping[str, dict]) -> dict[str, dict[str, float | None]]
     return {i: {"flops": r["flops_per_token"].mean, "latency": latency[i]} for i, r in rows.items()}
 
 
+def samples(row: dict, key: str) -> list[float]:
+    """The seeds' values of one field of a row (flops_per_token or a metric), those recorded."""
+    return numbers(r[key] for r in row["per_run"])
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _noise_line(noise: Noise | None, name: str) -> str:
+    """What the tests of one section stand on, in numbers."""
+    if noise is None:
+        return (f"One seed per row: there is no noise estimate, so rows are compared on their one seed's {name} "
+                "(plain dominance) and every answer says *one seed, untested*.")
+    return (f"Seeds' noise: pooled sample std of {name} {noise.std:.2f} over {_plural(noise.rows, 'row')} with two "
+            f"or more seeds ({noise.df} degrees of freedom). Two rows with seeds: Welch t; a row of one seed: "
+            f"pooled t with this std, so two one-seed rows differ when their gap exceeds {noise.min_gap():.2f}.")
+
+
 def _front_cell(verdict: tuple[dict, dict], row_id: str) -> str:
-    points, dominated = verdict
+    points, found = verdict
     if row_id not in points:
         return NOT_MEASURED
-    return "dominated by " + ", ".join(dominated[row_id]) if dominated[row_id] else "on the front"
+    parts = [f"{what} {', '.join(ids)}" for what, ids in found[row_id].items() if ids]
+    return "; ".join(parts) or "on the front"
+
+
+def _coverage_text(counts: dict, total: int, who: str, whom: str, noise: Noise | None) -> str:
+    within = f" (within noise: {counts[WITHIN_NOISE]})" if noise is not None else ""
+    return f"{who} dominates {counts[DOMINATES]}{within} of {total} {whom} row{'s' * (total != 1)}"
 
 
 def render_fronts(dataset: str, rows: list[dict], row_ids: dict[int, str], h3: str) -> list[str]:
     """Per model scale: which rows dominate which on the quality-against-FLOPs and the
-    quality-against-batch-1-time fronts, and, for the gated method (the paper's) against every other
-    pruning method, how many of one's rows the other dominates. Computed, so that a verdict in prose
-    can be checked against the records."""
+    quality-against-batch-1-time fronts, beyond the seeds' noise, and, for the gated method (the
+    paper's) against every other pruning method, whether it dominates, with counts. Computed, so
+    that a verdict in prose can be checked against the records."""
     metric, lower = FRONT_METRIC[dataset]
     name = METRIC_NAMES[metric]
     flops = "FLOPs/question" if dataset == "squad" else "FLOPs/token"
-    sections: dict[str, list[dict]] = {}
-    for row in rows:
-        if row[metric].mean is not None and row["flops_per_token"].mean is not None:
-            sections.setdefault(row["section"], []).append(row)
-    sections = {t: rs for t, rs in sections.items() if len({r["label"] for r in rs}) > 1}
+    sections = _front_sections(dataset, rows)
     if not sections:
         return []
     out = [f"{h3} Pareto fronts", "",
-           f"Row A dominates row B when A has no more {flops} (or no more batch-1 time: 1 / speedup b1) and "
-           f"no {'higher' if lower else 'lower'} {name}, and is strictly better in one of the two; a row no "
-           "other row dominates is on the front. Means over seeds, from the rows above "
-           "(`reproduce/fronts.py`); rows of the same shape (kept neurons per layer) share one batch-1 "
-           "time, the mean of their measured ones, since they differ by measurement noise only.", ""]
+           f"Row A dominates row B when A has no more {flops} (or no more batch-1 time: 1 / speedup b1) and a "
+           f"{'lower' if lower else 'higher'} {name} by more than the seeds' noise: a two-sided t-test on the "
+           f"seeds' {name} at p < {ALPHA:g} (Welch's t where both rows have two or more seeds; where a row has one "
+           "seed, which gives no spread of its own, Student's t with the pooled sample std of the section's rows "
+           f"that have seeds: *pooled t*). Where A costs no more and the {name} do not differ significantly, A is "
+           "*within noise* of dominating B. A row no other row dominates or is within noise of is on the front. "
+           "Costs are means over seeds (`reproduce/fronts.py`); rows of the same shape (kept neurons per layer) "
+           "share one batch-1 time, the mean of their measured ones, since they differ by measurement noise only. "
+           "*Does G dominate O?* is **yes** when a row of G dominates every row of O, **no** when some row of O "
+           "is neither dominated nor within noise, else **within noise**.", ""]
     for title, section_rows in sections.items():
         ids = [row_ids[id(r)] for r in section_rows]
         by_id = dict(zip(ids, section_rows))
+        noise = pooled_noise(samples(r, metric) for r in section_rows)
         costs = _front_costs(by_id)
         verdicts = {}
         for front in ("flops", "latency"):
-            points = {i: (c[front], by_id[i][metric].mean) for i, c in costs.items() if c[front] is not None}
-            verdicts[front] = (points, dominated_by(points, lower))
+            points = {i: (c[front], samples(by_id[i], metric)) for i, c in costs.items() if c[front] is not None}
+            verdicts[front] = (points, relations(points, noise, lower))
 
-        out += [f"**{title}**", "", f"| row | method | λ / target | {flops} | speedup b1 | {name} "
-                "| against FLOPs | against batch-1 time |", "|---" * 8 + "|"]
+        out += [f"**{title}**", "", _noise_line(noise, name), "",
+                f"| row | method | λ / target | seeds | {flops} | speedup b1 | {name} | against FLOPs "
+                "| against batch-1 time |", "|---" * 9 + "|"]
         for i, r in by_id.items():
-            out.append(f"| {i} | {r['label']} | {r['target']} | {fmt_stat(r['flops_per_token'], ',.0f')} | "
+            out.append(f"| {i} | {r['label']} | {r['target']} | {', '.join(str(s) for s in r['seeds'])} | "
+                       f"{fmt_stat(r['flops_per_token'], ',.0f')} | "
                        f"{fmt_stat(r['speedup_b1'], '.2f', 'x') or NOT_MEASURED} | {fmt_stat(r[metric])} | "
                        f"{_front_cell(verdicts['flops'], i)} | {_front_cell(verdicts['latency'], i)} |")
         out.append("")
-        labels = list(dict.fromkeys(r["label"] for r in section_rows))
-        gated = [lab for lab in labels if any(r["gated"] for r in section_rows if r["label"] == lab)]
-        others = [lab for lab in labels if lab not in gated
-                  and not any(r["reference"] for r in section_rows if r["label"] == lab)]
+        gated, others = _gated_and_others(section_rows)
+        untested = " (one seed, untested)" if noise is None else ""
         for g in gated:
             for o in others:
                 parts = []
@@ -403,16 +456,155 @@ def render_fronts(dataset: str, rows: list[dict], row_ids: dict[int, str], h3: s
                     if not mine or not theirs:
                         parts.append(f"against {what}: not measured")
                         continue
-                    won, lost = covered(theirs, mine, lower), covered(mine, theirs, lower)
                     # one method's front dominates another's when every row of the other is
                     # dominated (a row of g beaten by o is then off g's own front)
-                    answer = "yes" if won == len(theirs) else "no"
-                    parts.append(f"against {what}: **{answer}**: {g} dominates {won} of {len(theirs)} "
-                                 f"{o} row{'s' * (len(theirs) != 1)}, {o} dominates {lost} of {len(mine)} "
-                                 f"{g} row{'s' * (len(mine) != 1)}")
+                    won, lost = coverage(theirs, mine, noise, lower), coverage(mine, theirs, noise, lower)
+                    parts.append(f"against {what}: **{answer(won)}**{untested}: "
+                                 f"{_coverage_text(won, len(theirs), g, o, noise)}, "
+                                 f"{_coverage_text(lost, len(mine), o, g, noise)}")
                 out.append(f"- Does {g} dominate {o}? " + "; ".join(parts) + ".")
         if gated and others:
             out.append("")
+    return out
+
+
+def _front_sections(dataset: str, rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows of each model scale that have a cost and a quality, where there are two methods
+    or more to compare."""
+    metric = FRONT_METRIC[dataset][0]
+    sections: dict[str, list[dict]] = {}
+    for row in rows:
+        if row[metric].mean is not None and row["flops_per_token"].mean is not None:
+            sections.setdefault(row["section"], []).append(row)
+    return {t: rs for t, rs in sections.items() if len({r["label"] for r in rs}) > 1}
+
+
+def _gated_and_others(section_rows: list[dict]) -> tuple[list[str], list[str]]:
+    """The gated labels (the paper's method) and the other pruning methods (not the reference)."""
+    labels = list(dict.fromkeys(r["label"] for r in section_rows))
+    gated = [lab for lab in labels if any(r["gated"] for r in section_rows if r["label"] == lab)]
+    others = [lab for lab in labels if lab not in gated
+              and not any(r["reference"] for r in section_rows if r["label"] == lab)]
+    return gated, others
+
+
+# ---- equal FLOPs ------------------------------------------------------------------------------------
+
+def equal_flops(dataset: str, section_rows: list[dict]) -> dict | None:
+    """Each pruning method's metric at equal FLOPs in one section, per seed: that seed's runs of
+    the method (every lambda / target), their Pareto front, read at each point by
+    fronts.front_value. None where the section has no dense FLOPs to take fractions of.
+
+    Points: EQUAL_FLOPS_FRACTIONS of the dense model's FLOPs, and the FLOPs of every method whose
+    runs all have one size (a direct design, magnitude pruning to given sizes): such a method has
+    a value there and nowhere else, and every other method can be read at the same cost.
+    Returns {"dense": FLOPs, "points": [(FLOPs, [labels fixed there])], "methods": [labels],
+    "values": {label: {FLOPs: {seed: value}}}}."""
+    metric, lower = FRONT_METRIC[dataset]
+    dense = max(numbers(r["unpruned_flops"] for r in section_rows), default=None)
+    if not dense:
+        return None
+    seed_fronts: dict[str, dict] = {}  # label -> seed -> [(FLOPs, metric)]
+    for row in section_rows:
+        if row["reference"]:
+            continue
+        fronts = seed_fronts.setdefault(row["label"], {})
+        for r in row["per_run"]:
+            if is_number(r["flops_per_token"]) and is_number(r[metric]):
+                fronts.setdefault(r["seed"], []).append((r["flops_per_token"], r[metric]))
+    seed_fronts = {label: fronts for label, fronts in seed_fronts.items() if fronts}
+    points: dict[float, list[str]] = {dense * f: [] for f in EQUAL_FLOPS_FRACTIONS}
+    for label, fronts in seed_fronts.items():
+        sizes = {cost for pts in fronts.values() for cost, _ in pts}
+        if len(sizes) == 1:
+            points.setdefault(float(sizes.pop()), []).append(label)
+    values = {label: {x: {} for x in points} for label in seed_fronts}
+    for label, fronts in seed_fronts.items():
+        for seed in sorted(fronts, key=seed_order):
+            for x in points:
+                value = front_value(fronts[seed], x, lower)
+                if value is not None:
+                    values[label][x][seed] = value
+    return {"dense": dense, "points": sorted(points.items()), "methods": list(seed_fronts), "values": values}
+
+
+def _fmt_seeds(by_seed: dict) -> str:
+    if not by_seed:
+        return ""
+    s = stat(list(by_seed.values()))
+    seeds = ", ".join(str(seed) for seed in by_seed)
+    return f"{fmt_stat(s)} (seed{'s' * (len(by_seed) > 1)} {seeds})"
+
+
+def _point_name(x: float, dense: float) -> str:
+    """50 %, 60 %: the fixed fractions; 58.0 %: a method's own size, which is no round fraction."""
+    percent = 100 * x / dense
+    return f"{percent:.0f} %" if abs(percent - round(percent)) < 1e-9 else f"{percent:.1f} %"
+
+
+def _equal_comparison(g: str, o: str, table: dict, noise: Noise | None, lower: bool) -> str:
+    """g against o at each point where both have a value: better, worse or within noise, by the
+    same test as the fronts; then the counts."""
+    parts, counts, untested = [], {"better": 0, "worse": 0, "within noise": 0}, 0
+    for x, _ in table["points"]:
+        mine, theirs = table["values"][g][x], table["values"][o][x]
+        if not mine or not theirs:
+            continue
+        c = compare(list(mine.values()), list(theirs.values()), noise)
+        way = "better" if is_better(c, lower) else "worse" if c.diff else "equal"
+        gap = f"{way} by {abs(c.diff):.2f}" if c.diff else "equal"
+        if c.significant is None:  # one seed each side and no noise estimate: the numbers as they are
+            untested += 1
+            counts[way if c.diff else "within noise"] += 1
+            parts.append(f"{_point_name(x, table['dense'])}: {gap} (one seed, untested)")
+            continue
+        p = "p < 0.001" if c.p < 0.001 else f"p = {c.p:.3f}"
+        counts[way if c.significant else "within noise"] += 1
+        parts.append(f"{_point_name(x, table['dense'])}: {gap if c.significant else f'within noise ({gap})'}, "
+                     f"{c.test} {p}")
+    if not parts:
+        return f"- {g} against {o}: no point where both have a value."
+    summary = ", ".join(f"{kind} at {n}" for kind, n in counts.items())
+    note = f" ({untested} untested: one seed)" if untested else ""
+    return (f"- {g} against {o}: " + "; ".join(parts)
+            + f". {g} {summary} of {_plural(sum(counts.values()), 'point')}{note}.")
+
+
+def render_equal_flops(dataset: str, rows: list[dict], h3: str) -> list[str]:
+    """Per model scale: a table of each pruning method's metric at equal FLOPs (points down,
+    methods across), then the gated method against every other at those points."""
+    metric, lower = FRONT_METRIC[dataset]
+    name = METRIC_NAMES[metric]
+    flops = "FLOPs/question" if dataset == "squad" else "FLOPs/token"
+    tables = {title: (equal_flops(dataset, rs), rs) for title, rs in _front_sections(dataset, rows).items()}
+    tables = {title: (t, rs) for title, (t, rs) in tables.items() if t is not None and t["methods"]}
+    if not tables:
+        return []
+    fractions = ", ".join(f"{100 * f:g}" for f in EQUAL_FLOPS_FRACTIONS)
+    out = [f"{h3} {name[0].upper() + name[1:]} at equal {flops}", "",
+           f"Each method's front for each seed: that seed's runs of the method (every λ / target), their Pareto "
+           f"front in ({flops}, {name}), read at a point by linear interpolation in log FLOPs between the two "
+           "front points around it (past the front's last point, up to the seed's dearest run: that point's "
+           "value, the cheaper model being no worse). A seed has a value only where it has runs on both sides "
+           "of the point. A cell is the mean ± sample std over the seeds that have a value (listed); empty where "
+           f"none has. Points: {fractions} % of the dense model's {flops}, and the {flops} of a method whose runs "
+           "all have one size (it has a value only there). The lines below the table compare at each point with "
+           "the fronts' test (Welch t, or pooled t where a side has one seed; two-sided p < "
+           f"{ALPHA:g}). The numbers are in equal_flops.csv.", ""]
+    for title, (table, section_rows) in tables.items():
+        noise = pooled_noise(samples(r, metric) for r in section_rows)
+        methods = table["methods"]
+        out += [f"**{title}**: dense model {table['dense']:,.0f} {flops}", "",
+                f"| {flops} | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        for x, fixed in table["points"]:
+            where = f" ({', '.join(fixed)})" if fixed else ""
+            out.append(f"| {_point_name(x, table['dense'])}: {x:,.0f}{where} | "
+                       + " | ".join(_fmt_seeds(table["values"][m][x]) for m in methods) + " |")
+        out.append("")
+        gated, others = _gated_and_others(section_rows)
+        lines = [_equal_comparison(g, o, table, noise, lower) for g in gated for o in others
+                 if g in table["values"] and o in table["values"]]
+        out += [*lines, ""] if lines else []
     return out
 
 
@@ -475,6 +667,26 @@ def render_csv(dataset: str, rows: list[dict], not_run: list[dict]) -> str:
 
 
 
+def render_equal_flops_csv(dataset: str, rows: list[dict]) -> str:
+    """One line per (section, point, method): the mean, sample std and each seed's value."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["dataset", "section", "flops", "fraction_of_dense", "fixed_size_methods", "label",
+                     f"{FRONT_METRIC[dataset][0]}_mean", f"{FRONT_METRIC[dataset][0]}_std", "n_seeds", "seeds",
+                     "values"])
+    for title, section_rows in _front_sections(dataset, rows).items():
+        table = equal_flops(dataset, section_rows)
+        if table is None:
+            continue
+        for x, fixed in table["points"]:
+            for label in table["methods"]:
+                by_seed = table["values"][label][x]
+                s = stat(list(by_seed.values()))
+                writer.writerow([dataset, title, x, x / table["dense"], _csv_list(fixed), label, s.mean, s.std,
+                                 len(by_seed), _csv_list(list(by_seed)), _csv_list(list(by_seed.values()))])
+    return buf.getvalue()  # None is written as an empty cell
+
+
 # ---- building and writing ---------------------------------------------------------------------
 
 def build_table(dataset: str, runs: list[Run], unfinished: list[str], where: str,
@@ -487,15 +699,17 @@ def build_table(dataset: str, runs: list[Run], unfinished: list[str], where: str
     origin = f"{len(runs)} finished run{'s' * (len(runs) != 1)} in {source}"
     return {"rows": rows, "not_run": not_run, "unfinished": unfinished, "runs": runs,
             "text": render_markdown(dataset, rows, not_run, registry["sources"], unfinished, origin, heading_level),
-            "csv_text": render_csv(dataset, rows, not_run)}
+            "csv_text": render_csv(dataset, rows, not_run),
+            "equal_flops_csv_text": render_equal_flops_csv(dataset, rows)}
 
 
 def save_table(table: dict, out_dir: Path) -> dict:
-    """Write table.md and table.csv into out_dir; the table gains their paths."""
-    md_path, csv_path = Path(out_dir) / TABLE_MD, Path(out_dir) / TABLE_CSV
+    """Write table.md, table.csv and equal_flops.csv into out_dir; the table gains their paths."""
+    md_path, csv_path, equal_path = (Path(out_dir) / name for name in (TABLE_MD, TABLE_CSV, EQUAL_FLOPS_CSV))
     atomic_write_text(md_path, table["text"])
     atomic_write_text(csv_path, table["csv_text"])
-    return {**table, "markdown": md_path, "csv": csv_path}
+    atomic_write_text(equal_path, table["equal_flops_csv_text"])
+    return {**table, "markdown": md_path, "csv": csv_path, "equal_flops_csv": equal_path}
 
 
 def write_tables(dataset: str, runs_dir: Path, out_dir: Path | None = None, wandb_project: str | None = None,

@@ -1,7 +1,9 @@
 """The plots of a set of runs: Pareto fronts per method label, and the L0 gates over training."""
 
+import statistics
+
 import pytest
-from fixtures.run_dirs import gate_history_lines, make_runs, result, speed_json, write_run
+from fixtures.run_dirs import L0_TEST_PPL, gate_history_lines, make_runs, result, speed_json, write_run
 
 from reproduce.plots import PLOT_METRIC, Styles, _points, latency_of, pareto_figure, write_plots
 from reproduce.runs import flops_after, load_run_dirs, make_run, read_gate_history
@@ -60,16 +62,18 @@ def test_one_front_per_label_and_every_run_drawn(runs):
     assert list(panels) == ["small (2x200)", "large (2x1500)"]
     small = panels["small (2x200)"]
     assert set(small) == {"dense", "L0", "L0 (fine-tuned)", "ISS group Lasso", "Lasso"}
-    assert len(small["L0"]) == 5 and len(small["L0 (fine-tuned)"]) == 2  # 2 seeds + 3 lambdas; 2 lambdas
+    # one list per experiment: the two seeds at 1e-7 together, then one run per lambda
+    assert sorted(len(seeds) for seeds in small["L0"]) == [1, 1, 1, 2] and len(small["L0 (fine-tuned)"]) == 2
     styles = Styles(runs)
     assert styles.order[0] == "dense" and styles.reference == {"dense"}
     fig = pareto_figure("ptb", panels, styles, "FLOPs", "title", {}, engineering_x=True)
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     l0 = lines["L0 (5 runs)"]
-    # the front: every L0 run no other L0 run beats with fewer-or-equal FLOPs, in FLOPs order
+    # the front: every L0 experiment no other beats with fewer-or-equal FLOPs, in FLOPs order; the
+    # two seeds at 1e-7 (422,000 / 118.2 and 434,000 / 117.8) as their mean, not as two front points
     assert list(zip(l0.get_xdata(), l0.get_ydata())) == [(184000.0, 135.0), (300000.0, 121.0),
-                                                         (422000.0, 118.2), (434000.0, 117.8)]
+                                                         (428000.0, pytest.approx(118.0))]
     fine_tuned = lines["L0 (fine-tuned) (2 runs)"]
     assert fine_tuned.get_linestyle() == "--" and l0.get_linestyle() == "-"
     assert fine_tuned.get_color() != l0.get_color()
@@ -77,6 +81,24 @@ def test_one_front_per_label_and_every_run_drawn(runs):
     # the dominated L0 run (lambda 2e-7) is drawn as a hollow marker, not left out
     hollow = [c.get_offsets().tolist() for c in ax.collections if not len(c.get_facecolors())]
     assert [[370000.0, 125.0]] in hollow
+
+
+def test_the_seeds_spread_is_drawn(runs):
+    """An experiment of several seeds: error bars of one sample std on both axes around its mean,
+    and each seed's own point; an experiment of one seed gets neither."""
+    from matplotlib.container import ErrorbarContainer
+
+    panels = _points("ptb", runs, flops_after)
+    fig = pareto_figure("ptb", panels, Styles(runs), "FLOPs", "title", {})
+    ax = fig.axes[0]
+    (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]  # only L0 at 1e-7 has two seeds
+    x_bar, y_bar = (collection.get_segments()[0] for collection in bars.lines[2])
+    flops = (434000.0, 422000.0)  # l0_s1, l0_s2 ([112, 105] and [110, 101] neurons kept, 2000 FLOPs each)
+    x_std, y_std = statistics.stdev(flops), statistics.stdev(L0_TEST_PPL)
+    assert x_bar.ravel().tolist() == pytest.approx([428000.0 - x_std, 118.0, 428000.0 + x_std, 118.0])
+    assert y_bar.ravel().tolist() == pytest.approx([428000.0, 118.0 - y_std, 428000.0, 118.0 + y_std])
+    seeds = [c.get_offsets().tolist() for c in ax.collections if c.get_alpha() == pytest.approx(0.35)]
+    assert seeds == [[[434000.0, 117.8], [422000.0, 118.2]]]
 
 
 def test_latency_is_one_dense_reference_over_each_paired_speedup(tmp_path):
@@ -118,5 +140,5 @@ def test_squad_plots_f1_against_flops_per_question(tmp_path):
     res["metrics"] = {"em": 60.0, "f1": 70.0}
     res["flops_per_question"] = res.pop("flops_per_token")
     panels = _points("squad", [make_run("bidaf", res)], flops_after)
-    assert panels == {"BiDAF (hidden 100, paper scale)": {"L0": [(120000.0, 70.0)]}}
+    assert panels == {"BiDAF (hidden 100, paper scale)": {"L0": [[(120000.0, 70.0)]]}}  # one experiment, one seed
     assert PLOT_METRIC["squad"][2] is False  # higher F1 is better: the front keeps the highest

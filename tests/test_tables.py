@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import sys
 import types
@@ -11,10 +12,11 @@ import types
 import pytest
 from conftest import REPO
 from fixtures.run_dirs import L0_TEST_PPL, make_runs, result, speed_json, write_run
+from fixtures.seed_records import SEED_TEST_PPL, records_with_seeds, seed1_test_ppl
 
 from lightning_modules.errors import UserError
 from reproduce.__main__ import main
-from reproduce.runs import read_speed
+from reproduce.runs import group_runs, make_run, read_speed
 from reproduce.tables import write_tables
 
 
@@ -380,3 +382,86 @@ def test_gpu_runs_are_labelled_and_every_row_says_what_it_trained_on(tmp_path):
     assert "- **r1** (dense; seed 1; trained on AMD EPYC, 2 CPU cores, torch 2.13.0+cpu, 1 threads):" in md
     by_label = {r["label"]: r for r in csv.DictReader(out["csv"].open())}
     assert json.loads(by_label["L0"]["trained_on"]) == ["NVIDIA H200 (CUDA)"]
+
+
+# ---- seeds: what makes runs one row -------------------------------------------------------------------
+
+def seeded_run(name, seed, **hp):
+    res = result("l0", [200, 200], [68, 135], 118.0, 113.0 + seed / 10, seed=seed, lam=1e-6, **hp)
+    return make_run(name, with_props(res, label="L0", gated=True))
+
+
+def test_seeds_group_across_code_versions_and_source_paths():
+    old = seeded_run("l0", 1)
+    old.result["model_hparams"].pop("structured")  # a setting the code of seed 1 did not record yet
+    runs = [seeded_run("l0_seed10", 10, structured=True), seeded_run("l0_seed2", 2, structured=True), old,
+            seeded_run("l0_other", 3, structured=False)]  # that setting at another value: another experiment
+    assert [[r.name for r in g] for g in group_runs(runs)] == [["l0", "l0_seed2", "l0_seed10"], ["l0_other"]]
+    # a fine-tuning of seed N starts from dense_seedN; the baselines take seed 1's sizes through the
+    # committed record's path: the same experiment. From another run: another experiment
+    ft = [seeded_run("ft", 1, init_from="results/ptb/small/dense"),
+          seeded_run("ft_seed2", 2, init_from="/elsewhere/results/ptb/small/dense_seed2"),
+          seeded_run("ft_from_l0", 3, init_from="results/ptb/small/l0")]
+    assert [[r.name for r in g] for g in group_runs(ft)] == [["ft", "ft_seed2"], ["ft_from_l0"]]
+    sizes = [seeded_run("direct", 1, sizes_from="results/ptb/small/l0/result.json"),
+             seeded_run("direct_seed2", 2, sizes_from="reproduce/measured/ptb_small/l0/result.json"),
+             seeded_run("direct_2e6", 2, sizes_from="reproduce/measured/ptb_small/l0_lambda2e-6/result.json")]
+    assert [[r.name for r in g] for g in group_runs(sizes)] == [["direct", "direct_seed2"], ["direct_2e6"]]
+    # how a step was computed is no part of the experiment; gate settings are, for a gated model only
+    assert len(group_runs([seeded_run("l0", 1, step_impl="eager"), seeded_run("l0_gpu", 2, step_impl="fused")])) == 1
+    assert len(group_runs([seeded_run("l0", 1, log_alpha_init_mean=1.0),
+                           seeded_run("l0_seed2", 2, log_alpha_init_mean=3.0)])) == 2
+    dense = [make_run(f"dense_seed{seed}", with_props(result("none", [200, 200], [200, 200], 117.0, 112.0, seed=seed,
+                                                             log_alpha_init_mean=mean), label="dense"))
+             for seed, mean in ((1, 1.0), (2, 3.0))]
+    assert len(group_runs(dense)) == 1
+    # the same config named by another path is the same experiment; another lambda is not
+    moved = seeded_run("l0_seed3", 3)
+    moved.result["config_path"] = "/work/seeds/" + moved.result["config_path"]
+    other = seeded_run("l0_2e6", 2)
+    other.result["lambda"] = 2e-6
+    assert [[r.name for r in g] for g in group_runs([seeded_run("l0", 1), moved, other])] == [
+        ["l0", "l0_seed3"], ["l0_2e6"]]
+
+
+@pytest.fixture(scope="module")
+def seeded_table(tmp_path_factory):
+    runs = records_with_seeds(tmp_path_factory.mktemp("records"))
+    out = write_tables("ptb", runs, tmp_path_factory.mktemp("out"), where="reproduce/measured/ptb_small")
+    return out["markdown"].read_text(), list(csv.DictReader(out["csv"].open()))
+
+
+def test_rows_of_several_seeds_show_mean_std_and_the_seeds(seeded_table):
+    """The committed records with seeds 2 and 3 of the decisive rows (tests/fixtures/seed_records.py):
+    each decisive row holds its three seeds, whatever path or code version each was trained with."""
+    md, rows = seeded_table
+    by_runs = {tuple(json.loads(r["runs"])): r for r in rows if r["status"] == "reproduced"}
+    for run, (second, third) in SEED_TEST_PPL.items():
+        line = by_runs[(run, f"{run}_seed2", f"{run}_seed3")]
+        values = [seed1_test_ppl(run), second, third]
+        assert json.loads(line["seeds"]) == [1, 2, 3] and line["n_seeds"] == "3"
+        assert float(line["test_ppl_mean"]) == pytest.approx(statistics.fmean(values))
+        assert float(line["test_ppl_std"]) == pytest.approx(statistics.stdev(values))
+    assert json.loads(by_runs[("group_lasso_lambda4e-4",)]["seeds"]) == [1]  # a row of one seed stays one
+    assert len(by_runs) == 18  # the 17 rows of seed 1 and ISS at 4e-4: no seed left on a row of its own
+    dense = [seed1_test_ppl("dense"), *SEED_TEST_PPL["dense"]]
+    line = next(line for line in md.splitlines() if line.startswith("| r1 | dense |"))
+    assert line.startswith("| r1 | dense |  | 1, 2, 3 | [200, 200] | [200, 200] | 4,653,200 ± 0 | 5,280,000 ± 0 |")
+    assert f"| {statistics.fmean(dense):.2f} ± {statistics.stdev(dense):.2f} |" in line
+    assert "- **r1** (dense, dense_seed2, dense_seed3; seed 1, 2, 3;" in md  # every seed's command is listed
+    assert "--run_dir results/ptb/small/magnitude_seed3 --profile small --seed_everything=3" in md
+
+
+def test_settings_left_out_of_an_experiment_are_the_models_own():
+    """NOT_THE_EXPERIMENT and GATE_SETTINGS name model settings: a renamed setting must not slip
+    silently back into what separates seeds (or out of it)."""
+    import inspect
+
+    from lightning_modules.lm.lm_task import LanguageModelTask
+    from lightning_modules.task_base import PrunedTask
+    from reproduce.runs import GATE_SETTINGS, NOT_THE_EXPERIMENT
+
+    settings = {name for task in (PrunedTask, LanguageModelTask)
+                for name in inspect.signature(task.__init__).parameters}
+    assert set(GATE_SETTINGS) | set(NOT_THE_EXPERIMENT) <= settings
+    assert all(name.startswith(("gate", "log_alpha", "inner_input_gates")) for name in GATE_SETTINGS)
