@@ -63,7 +63,7 @@ class ResumableCheckpoints(L.Callback):
 
     # registered at train start, after Lightning's own handlers, which would otherwise stop
     # the run at the next step without a checkpoint. Only the main thread may set handlers: a run
-    # in a thread of the packed trainer (reproduce/train_packed.py) is told by `request_stop`.
+    # in a thread of the packed trainer (reproduce/run/train_packed.py) is told by `request_stop`.
     def on_train_start(self, trainer, pl_module) -> None:
         if threading.current_thread() is not threading.main_thread():
             return

@@ -11,7 +11,7 @@ turn, A and B see the same machine state, and a ratio taken pair by pair cancels
 that medians taken apart would keep.
 
 Light on purpose: torch is imported inside the functions that need it, because
-reproduce/speed.py imports this module at load time and `python -m reproduce --help` must not
+reproduce/measure/speed.py imports this module at load time and `python -m reproduce --help` must not
 load torch.
 """
 

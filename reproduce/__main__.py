@@ -20,12 +20,12 @@ from .user_errors import report_user_errors
 
 # command -> (module in this package, one-line help)
 COMMANDS = {
-    "profile": ("profiles", "run a profile's experiments (finished ones skipped), then speed, tables, plots"),
-    "table": ("table_command", "reported-vs-reproduced tables and plots from run dirs, records or a W&B project"),
-    "record": ("records", "copy finished runs' result, config, metrics and speed files (no weights) to commit"),
-    "speed": ("speed", "inference latency of pruned exports or plain sizes: torch eager and ONNX Runtime"),
-    "sweep": ("sweep", "run a W&B sweep YAML locally, offline, skipping finished runs"),
-    "bench": ("bench", "training speed: the gates' overhead, or (--steps) eager vs fused vs graph training steps"),
+    "profile": ("orchestrate.profiles", "a profile's experiments (finished ones skipped), then speed, tables, plots"),
+    "table": ("report.table_command", "reported-vs-reproduced tables and plots: run dirs, records or a W&B project"),
+    "record": ("report.records", "copy finished runs' result, config, metrics, speed files (no weights) to commit"),
+    "speed": ("measure.speed", "inference latency of pruned exports or plain sizes: torch eager and ONNX Runtime"),
+    "sweep": ("orchestrate.sweep", "run a W&B sweep YAML locally, offline, skipping finished runs"),
+    "bench": ("measure.bench", "training speed: the gates' overhead, or (--steps) eager vs fused vs graph steps"),
 }
 
 

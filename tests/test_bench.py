@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from reproduce.bench import run_bench, run_step_bench, train_steps
+from reproduce.measure.bench import run_bench, run_step_bench, train_steps
 
 
 @pytest.fixture
@@ -84,15 +84,15 @@ def test_step_bench_refuses_unknown_names():
     from argparse import Namespace
 
     from lightning_modules.errors import UserError
-    from reproduce.bench import run
+    from reproduce.measure.bench import run
 
     with pytest.raises(UserError, match="bench --methods: unknown"):
         run(Namespace(steps=True, out=None, quick=True, sizes=None, methods="dense,sideways", impls=None))
 
 
 def test_gpu_window_scripts_parse():
-    """reproduce/gpu: the window's scripts are valid bash, the concurrency script starts. (The
-    window's dry run, WINDOW_DRY_RUN=1 bash reproduce/gpu/window.sh, takes minutes: not here.)"""
+    """reproduce/measure/gpu: the window's scripts are valid bash, the concurrency script starts. (The
+    window's dry run, WINDOW_DRY_RUN=1 bash reproduce/measure/gpu/window.sh, takes minutes: not here.)"""
     for script in ("window.sh", "fetch_wheels.sh"):
         path = REPO / "reproduce" / "gpu" / script
         checked = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)

@@ -62,7 +62,7 @@ def _fake_result(run_dir: Path, method: str) -> None:
 def test_profile_skips_finished_runs(tmp_path, monkeypatch, capsys):
     for run in profiles.PROFILES["ptb"]["smoke"].runs:
         _fake_result(tmp_path / "ptb" / "smoke" / run.name, "l0")
-    monkeypatch.setattr("reproduce.run_queue.subprocess.Popen",
+    monkeypatch.setattr("reproduce.orchestrate.run_queue.subprocess.Popen",
                         lambda *a, **k: pytest.fail("a finished run was started again"))
     profiles.run_profile("ptb", "smoke", str(tmp_path), analyse=False)
     assert "6 finished, 0 to run" in capsys.readouterr().err
@@ -83,7 +83,7 @@ def test_profile_runs_only_unfinished_and_direct_design_after_its_source(tmp_pat
             self.returncode = 0
             return 0
 
-    monkeypatch.setattr("reproduce.run_queue.subprocess.Popen", FakeProc)
+    monkeypatch.setattr("reproduce.orchestrate.run_queue.subprocess.Popen", FakeProc)
     jobs = profiles.profile_jobs("ptb", "smoke", root)
     direct = next(j for j in jobs if j.name == "direct")
     assert f"--model.sizes_from={root / 'l0' / 'result.json'}" in direct.cmd
@@ -107,7 +107,7 @@ def test_profile_command_passes_train_args_last_and_can_skip_the_analysis(tmp_pa
             self.returncode = 0
             return 0
 
-    monkeypatch.setattr("reproduce.run_queue.subprocess.Popen", FakeProc)
+    monkeypatch.setattr("reproduce.orchestrate.run_queue.subprocess.Popen", FakeProc)
     monkeypatch.setattr(profiles, "analyse_runs", lambda *a, **k: pytest.fail("analysed despite --no-analyse"))
     assert main(["profile", "ptb", "--profile", "smoke", "--results", str(tmp_path), "--no-analyse",
                  "--train-arg=--model.step_impl=graph", "--train-arg=--wandb=disabled"]) in (0, None)

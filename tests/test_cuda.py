@@ -256,8 +256,8 @@ def test_a_stale_graph_stops_with_an_error_instead_of_training_a_copy():
 @pytest.mark.slow
 def test_packed_graph_runs_equal_each_run_alone_on_cuda(tmp_path):
     """The packed trainer on CUDA (own streams, graphs replayed in turn): each run ends as alone."""
+    from reproduce.run.train_packed import run_packed
     from reproduce.train import train
-    from reproduce.train_packed import run_packed
 
     shrink = ["--data.train_tokens=6000", "--model.embedding_dim=16", "--model.hidden_sizes=[16,16]",
               "--trainer.max_epochs=1", "--data.test_batch_size=20", "--wandb=disabled",

@@ -1,4 +1,4 @@
-"""Dominance and Pareto fronts with the seeds' noise (reproduce/fronts.py), and the sections of the
+"""Dominance and Pareto fronts with the seeds' noise (reproduce/report/fronts.py), and the sections of the
 tables built on them, whose yes / no / within-noise lines a README verdict is checked against:
 the Pareto fronts and the metric at equal FLOPs."""
 
@@ -12,7 +12,7 @@ from fixtures.seed_records import MEASURED, SEED_TEST_PPL, records_with_seeds, s
 from scipy import stats
 from test_tables import with_props
 
-from reproduce.fronts import (
+from reproduce.report.fronts import (
     DOMINATES,
     NOT_DOMINATED,
     POOLED,
@@ -30,7 +30,7 @@ from reproduce.fronts import (
     relation,
     relations,
 )
-from reproduce.tables import write_tables
+from reproduce.report.tables import write_tables
 
 
 @pytest.mark.parametrize("a,b,lower,expected", [

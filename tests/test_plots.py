@@ -5,8 +5,8 @@ import statistics
 import pytest
 from fixtures.run_dirs import L0_TEST_PPL, gate_history_lines, make_runs, result, speed_json, write_run
 
-from reproduce.plots import PLOT_METRIC, Styles, _points, latency_of, pareto_figure, write_plots
-from reproduce.runs import flops_after, load_run_dirs, make_run, read_gate_history
+from reproduce.report.plots import PLOT_METRIC, Styles, _points, latency_of, pareto_figure, write_plots
+from reproduce.report.runs import flops_after, load_run_dirs, make_run, read_gate_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,7 +12,7 @@ from fixtures.run_dirs import gate_history_lines, result, speed_json, write_run
 from lightning_modules.errors import UserError
 from lightning_modules.run_dir import RECORD_FILES
 from reproduce.__main__ import main
-from reproduce.records import (
+from reproduce.report.records import (
     block_text,
     default_destination,
     parse_block_args,

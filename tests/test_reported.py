@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from lightning_modules.errors import UserError
-from reproduce.reported import REGISTRY, load_reported
+from reproduce.report.reported import REGISTRY, load_reported
 
 
 def test_registry_holds_the_known_figures_with_sources():

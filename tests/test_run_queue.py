@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from lightning_modules.errors import UserError
-from reproduce.run_queue import Job, run_jobs
+from reproduce.orchestrate.run_queue import Job, run_jobs
 
 
 def _job(tmp_path: Path, name: str, code: str = "pass", waits: list[Path] | None = None) -> Job:

@@ -12,7 +12,7 @@ from lightning_modules.lm.export import export_language_model, load_exported_lan
 from lightning_modules.lm.language_model import LSTMLanguageModel, model_size
 from lightning_modules.lm.onnx_export import export_onnx
 from reproduce.__main__ import main
-from reproduce.speed import Settings, Sizes, measure_run_dirs, sizes_output
+from reproduce.measure.speed import Settings, Sizes, measure_run_dirs, sizes_output
 
 VOCAB = [f"w{i}" for i in range(30)]
 

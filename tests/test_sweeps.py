@@ -266,7 +266,7 @@ def test_interrupted_sweep_reinvoked_runs_exactly_the_remaining_runs(tmp_path):
     assert not (sweep_dir / names[1] / "result.json").exists()
     first_result = (sweep_dir / names[0] / "result.json").stat().st_mtime_ns
     # after the crash, the sweep's table holds the finished run and none of the unfinished ones
-    from reproduce.tables import write_tables
+    from reproduce.report.tables import write_tables
 
     table = write_tables("ptb", sweep_dir)
     assert [row["runs"] for row in table["rows"]] == [[names[0]]]

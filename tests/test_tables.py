@@ -16,8 +16,8 @@ from fixtures.seed_records import SEED_TEST_PPL, records_with_seeds, seed1_test_
 
 from lightning_modules.errors import UserError
 from reproduce.__main__ import main
-from reproduce.runs import group_runs, make_run, read_speed
-from reproduce.tables import write_tables
+from reproduce.report.runs import group_runs, make_run, read_speed
+from reproduce.report.tables import write_tables
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +345,7 @@ def test_unstructured_and_reference_come_from_properties(labelled, tmp_path):
 
 def test_new_results_are_read_without_torch(labelled, tmp_path):
     """method_properties is recorded: reading and rendering must not pull torch in to compute it."""
-    code = ("import sys; from reproduce.tables import write_tables; "
+    code = ("import sys; from reproduce.report.tables import write_tables; "
             f"write_tables('ptb', {str(labelled)!r}, {str(tmp_path)!r}); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -459,7 +459,7 @@ def test_settings_left_out_of_an_experiment_are_the_models_own():
 
     from lightning_modules.lm.lm_task import LanguageModelTask
     from lightning_modules.task_base import PrunedTask
-    from reproduce.runs import GATE_SETTINGS, NOT_THE_EXPERIMENT
+    from reproduce.report.runs import GATE_SETTINGS, NOT_THE_EXPERIMENT
 
     settings = {name for task in (PrunedTask, LanguageModelTask)
                 for name in inspect.signature(task.__init__).parameters}

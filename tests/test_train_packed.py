@@ -1,4 +1,4 @@
-"""The packed trainer (reproduce/train_packed.py): runs packed in one process give, bit for bit,
+"""The packed trainer (reproduce/run/train_packed.py): runs packed in one process give, bit for bit,
 the losses, weights and result metrics of each run alone, and a packed run stopped by a signal
 resumes alone to the same end.
 
@@ -18,9 +18,9 @@ import lightning as L
 import pytest
 from safetensors.torch import load_file
 
+from reproduce.run.train_packed import main as packed_main
+from reproduce.run.train_packed import run_packed
 from reproduce.train import train
-from reproduce.train_packed import main as packed_main
-from reproduce.train_packed import run_packed
 
 # tiny and fast, but with everything that draws random numbers: gate noise, dropout
 SHRINK = ["--data.train_tokens=2400", "--model.embedding_dim=12", "--model.hidden_sizes=[12,10]",

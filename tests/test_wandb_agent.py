@@ -1,5 +1,5 @@
 """The sweep files under W&B's own code: the real agent builds and starts every file's runs,
-W&B's own controller (the `sweeps` package) holds reproduce/sweep.py's expansion to account, a
+W&B's own controller (the `sweeps` package) holds reproduce/orchestrate/sweep.py's expansion to account, a
 preempted SLURM array task is handed back and resumes, and its offline W&B run reads back.
 
 Only the W&B server is stubbed (tests/wandb_stub.py). The agent's run commands are forked from
@@ -36,7 +36,7 @@ TESTS = Path(__file__).resolve().parent
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 ENTITY, PROJECT = "stub-entity", "stub-project"
 # What a forked run finds imported. Not the entry points themselves: `python -m` runs those fresh.
-PRELOAD = ["reproduce.training_run", "lightning.pytorch.cli", "lightning_modules.lm.lm_task",
+PRELOAD = ["reproduce.run.training_run", "lightning.pytorch.cli", "lightning_modules.lm.lm_task",
            "lightning_modules.lm.ptb_data", "lightning_modules.squad.squad_task", "lightning_modules.squad.squad_data",
            "lightning_modules.lm.export", "datasets", "wandb_stub"]
 
@@ -100,7 +100,7 @@ def submit_dir(tmp_path: Path) -> Path:
 
 
 def controller_points(path: Path, n: int, scratch: Path) -> list[dict]:
-    """The first n runs the W&B grid controller proposes for the file (reproduce.sweep.expand, held
+    """The first n runs the W&B grid controller proposes for the file (reproduce.orchestrate.sweep.expand, held
     to W&B's own controller below), read from a copy whose command cannot fail the local checks:
     the controller never reads the command, and a broken one must still get its runs."""
     config = yaml.safe_load(path.read_text())
@@ -474,7 +474,7 @@ def test_random_expansion_draws_what_the_wandb_controller_draws(path, tmp_path):
         assert {_kind(p[name]) for p in ours} == {_kind(p[name]) for p in theirs}, name
 
 
-# every distribution reproduce/sweep.py knows, with the settings W&B's schema accepts
+# every distribution reproduce/orchestrate/sweep.py knows, with the settings W&B's schema accepts
 DISTRIBUTIONS = {
     "constant": {"value": 3},
     "categorical": {"values": [1, 2, 3]},

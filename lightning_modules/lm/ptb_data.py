@@ -123,7 +123,7 @@ def load_ptb_tokens(source: str = "embedded", data_dir: str | None = None, hub_i
     Without it, the embedded and local files are read directly, line by line, with the same
     tokenisation (tests/test_ptb_data.py checks that both give the same streams): the lent GPU
     image has no `datasets`, and its pyarrow wheel (55 MB) does not fit the 64 MiB the working tree
-    travels in (reproduce/gpu/README.md)."""
+    travels in (reproduce/measure/gpu/README.md)."""
     try:
         import datasets  # noqa: F401
     except ImportError:

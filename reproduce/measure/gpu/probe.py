@@ -1,12 +1,12 @@
-"""The GPU window's probe and plan (reproduce/gpu/window.sh): how many medium runs finish in time.
+"""The GPU window's probe and plan (reproduce/measure/gpu/window.sh): how many medium runs finish in time.
 
-  python reproduce/gpu/probe.py probe --out probe.json     # ~40 s on one H200
-  python reproduce/gpu/probe.py plan probe.json --seconds 380 --max-runs 7
+  python reproduce/measure/gpu/probe.py probe --out probe.json     # ~40 s on one H200
+  python reproduce/measure/gpu/probe.py plan probe.json --seconds 380 --max-runs 7
 
 `probe` measures, on real PTB windows, at medium (or --scale large):
   * the packed step time: R runs (R = 1, 4, 8), each its own model, optimiser, CUDA
     stream and captured graph (model.step_impl=graph), replayed in turn, as the packed trainer
-    (reproduce/train_packed.py) replays them; ms per round of R steps, in fp32 and with TF32;
+    (reproduce/run/train_packed.py) replays them; ms per round of R steps, in fp32 and with TF32;
   * the floor: the step's matmul FLOPs at the measured matmul rate, in each precision;
   * whether TF32 may be used: one epoch of dense medium (the recipe's first epoch: lr 1, dropout
     0.5, clip 5) in fp32 and in TF32, from the same initialisation; TF32 is accepted only if its
@@ -32,23 +32,22 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
-from lightning_modules.fused_step import LMTrainStep  # noqa: E402
+from lightning_modules.fused_step import LMTrainStep, set_precision  # noqa: E402
 from lightning_modules.lm.language_model import model_size  # noqa: E402
 from lightning_modules.lm.lm_task import LanguageModelTask  # noqa: E402
 from lightning_modules.lm.ptb_data import PTBDataModule  # noqa: E402
 from lightning_modules.pruning.optim import clipped_parameters  # noqa: E402
-from reproduce.train_packed import set_precision  # noqa: E402
 
 CONFIGS = REPO / "reproduce/configs"
 TINY = {"embedding_dim": 16, "hidden_sizes": [16, 16]}
 # host time per training step and run that the Lightning loop adds on top of the step itself;
 # measured on this project's 2-core CPU machine: 0.3 ms (tiny model, fused step, 2 busy cores)
 HOST_MS_PER_STEP = 0.4
-TF32_TOLERANCE = 0.005
-END_S = 6.0  # per run: the test stream at batch 1 (2,350 windows), export, result  # relative validation perplexity, after one epoch
+TF32_TOLERANCE = 0.005  # relative validation perplexity, after one epoch
+END_S = 6.0  # per run: the test stream at batch 1 (2,350 windows), export, result
 
 
 def _model_args(config: Path, tiny: bool) -> dict:
@@ -100,7 +99,7 @@ def time_pack(config: Path, runs: int, windows: list, device: torch.device, tiny
     _sync(device)
     ms = 1e3 * (time.perf_counter() - start) / rounds
     captured = all(s.mode == "graph" and s._graphs for s in steps) if device.type == "cuda" else False
-    del steps
+    steps.clear()  # free the graphs' memory before the next pack
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"runs": runs, "ms_per_round": ms, "ms_per_run_step": ms / runs, "graph": captured}
@@ -148,14 +147,16 @@ def probe(out: Path, counts: list[int], rounds: int, scale: str = "medium") -> d
     windows = [(x.to(device), y.to(device)) for x, y in list(data.train_dataloader())[:50]]
     sizes = model_size(10000, *((16, [16, 16]) if tiny else (recipe["embedding_dim"], recipe["hidden_sizes"])))
     flops_per_step = 3 * sizes["flops_per_token"] * 20 * 35
-    result = {"scale": scale, "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (dry run, tiny model)",
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (dry run, tiny model)"
+    result = {"scale": scale, "device": name,
               "flops_per_step": flops_per_step, "precisions": {}, "host_ms_per_step_assumed": HOST_MS_PER_STEP}
     started = time.perf_counter()
     for precision in ("fp32", "tf32"):
         set_precision(precision == "tf32")
         rate = matmul_rate(device, tiny)
         packs = [time_pack(config, r, windows, device, tiny, rounds) for r in counts]
-        result["precisions"][precision] = {"matmul_tflops": rate / 1e12, "floor_ms_per_step": 1e3 * flops_per_step / rate,
+        result["precisions"][precision] = {"matmul_tflops": rate / 1e12,
+                                           "floor_ms_per_step": 1e3 * flops_per_step / rate,
                                            "packs": packs}
         _write(out, result)
         for p in packs:  # training only: R runs of epochs x 1327 steps take that many rounds

@@ -418,3 +418,16 @@ def display_path(path: str | Path) -> str:
     except ValueError:
         pass  # outside the working directory: named as given
     return path.as_posix()
+
+
+# The profile `auto` stands for: paper on a GPU, else this one (reproduce/orchestrate/profiles.py runs it).
+CPU_PROFILE = {"ptb": "small", "squad": "smoke"}
+
+
+def profile_folder(profile: str, dataset: str) -> str:
+    """The folder name of a profile's runs: `auto` is paper where torch sees a GPU, else the CPU profile."""
+    if profile != "auto":
+        return profile
+    import torch
+
+    return "paper" if torch.cuda.is_available() else CPU_PROFILE[dataset]

@@ -1,4 +1,4 @@
-"""Plots of a set of runs (matplotlib PNG, Agg), rendered from the records of reproduce/runs.py.
+"""Plots of a set of runs (matplotlib PNG, Agg), rendered from the records of reproduce/report/runs.py.
 
 - pareto_flops.png: test perplexity (SQuAD: F1) against the FLOPs per token (per question) of
   the pruned model, one front per method label, one panel per model scale.

@@ -1,4 +1,4 @@
-"""The registry of reported numbers (reproduce/reported.yaml), loaded and checked.
+"""The registry of reported numbers (reproduce/report/reported.yaml), loaded and checked.
 
 Missing values stay None all the way to the tables: an unknown cell is empty, never 0.
 """

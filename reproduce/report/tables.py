@@ -1,9 +1,9 @@
-"""Reported-vs-reproduced tables, rendered from the records of reproduce/runs.py.
+"""Reported-vs-reproduced tables, rendered from the records of reproduce/report/runs.py.
 
 Runs that differ only in their seed form one row (mean ± sample std over the seeds, the seeds
 listed; runs.group_runs says what "only" allows); rows are grouped by what a method is
 (result["method_properties"]: its label), so "L0" and "L0 (fine-tuned)" are separate rows.
-Under each row come its reported counterparts from reproduce/reported.yaml (same model scale
+Under each row come its reported counterparts from reproduce/report/reported.yaml (same model scale
 and method) with the difference reproduced - reported; reported rows without a run are listed
 as "not yet run". table.md and table.csv (one line per row and counterpart). The Markdown holds
 no timestamp or absolute path of its own, so a table regenerated from the same records on
@@ -11,7 +11,7 @@ another machine is the same text (the README's tables are checked that way:
 tests/test_records.py).
 
 Below the tables, two computed sections a verdict in prose is checked against: the Pareto fronts
-(which row dominates which, beyond the seeds' noise: reproduce/fronts.py) and the metric at equal
+(which row dominates which, beyond the seeds' noise: reproduce/report/fronts.py) and the metric at equal
 FLOPs (each method's front per seed, read at fixed fractions of the dense model's FLOPs);
 equal_flops.csv holds the latter's numbers.
 """
@@ -317,7 +317,8 @@ def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources
            f"Built by `python -m reproduce table` from {origin}. Each row `rN` is one experiment: its runs "
            "differ only in the seed (the seeds are listed; several: mean ± sample std); the `↳ reported` lines "
            "under it are its counterparts in "
-           "`reproduce/reported.yaml` (same model scale and method, the model trained at that scale's sizes), with "
+           "`reproduce/report/reported.yaml` (same model scale and method, the model trained at that scale's "
+           "sizes), with "
            "Δ = reproduced − reported. An empty "
            "cell is a number no source gave (never 0). Speedup: dense time / pruned time per step, whole model, "
            "PyTorch, batch 1 / batch 20, measured by `python -m reproduce speed`. table.csv holds every field "
@@ -421,7 +422,7 @@ def render_fronts(dataset: str, rows: list[dict], row_ids: dict[int, str], h3: s
            "seed, which gives no spread of its own, Student's t with the pooled sample std of the section's rows "
            f"that have seeds: *pooled t*). Where A costs no more and the {name} do not differ significantly, A is "
            "*within noise* of dominating B. A row no other row dominates or is within noise of is on the front. "
-           "Costs are means over seeds (`reproduce/fronts.py`); rows of the same shape (kept neurons per layer) "
+           "Costs are means over seeds (`reproduce/report/fronts.py`); rows of the same shape (kept neurons per layer) "
            "share one batch-1 time, the mean of their measured ones, since they differ by measurement noise only. "
            "*Does G dominate O?* is **yes** when a row of G dominates every row of O, **no** when some row of O "
            "is neither dominated nor within noise, else **within noise**.", ""]

@@ -1,13 +1,13 @@
 #!/bin/bash
-# One GPU window on one H200, under 9 minutes (reproduce/gpu/README.md says how to run it). The medium
+# One GPU window on one H200, under 9 minutes (reproduce/measure/gpu/README.md says how to run it). The medium
 # plan (default), by elapsed seconds:
 #   1. environment (~40 s): the wheels carried in .whl/ if the image lacks jsonargparse or datasets;
 #   2. the CUDA tests that check graph-mode numbers (~30 s, stop at the first failure): if they fail,
 #      the runs train with model.step_impl=fused instead of graph;
-#   3. the probe (~40 s, reproduce/gpu/probe.py): the packed step time with 1, 4 and 8 runs, in fp32
+#   3. the probe (~40 s, reproduce/measure/gpu/probe.py): the packed step time with 1, 4 and 8 runs, in fp32
 #      and TF32, the floor, and one epoch of the dense model in each precision (TF32 only if its
 #      validation perplexity is within 0.5 % of fp32's); then the plan: how many runs finish by DEADLINE;
-#   4. that many medium runs, packed in ONE process (reproduce/train_packed.py: each its own stream and
+#   4. that many medium runs, packed in ONE process (reproduce/run/train_packed.py: each its own stream and
 #      captured graph, replayed in turn), in this order: dense, L0 lambda 1, ISS lambda 1, L0 lambda 2,
 #      ISS lambda 2, structured magnitude, direct design (the last two at sizes fixed in their configs,
 #      so no run waits for another). No checkpoints on the way (they never come back); at DEADLINE a
@@ -17,8 +17,8 @@
 # WINDOW_PLAN=large: the large runs (dense, L0, then ISS if the probe says they fit), packed, the same way.
 # WINDOW_PLAN=small instead runs issue 12's whole small comparison (every run of the small
 # profile, side by side, step_impl=graph), times each export on the machine's CPU (one thread) and
-# packs the run records: see reproduce/gpu/README.md.
-# Dry run, on a CPU machine, in minutes: WINDOW_DRY_RUN=1 bash reproduce/gpu/window.sh
+# packs the run records: see reproduce/measure/gpu/README.md.
+# Dry run, on a CPU machine, in minutes: WINDOW_DRY_RUN=1 bash reproduce/measure/gpu/window.sh
 # (tiny sizes, step_impl=graph falling back to the eager fused step, the probe on a tiny model).
 set -u
 T0=$(date +%s)
@@ -60,7 +60,7 @@ say "window: plan=${WINDOW_PLAN:-medium} dry=$DRY deadline=${DEADLINE}s end=${EN
 # ---- 1. environment -------------------------------------------------------------------------------
 if ! $PY -c "import jsonargparse" 2>/dev/null; then
   if ! ls .whl/*.whl > /dev/null 2>&1; then
-    say "jsonargparse missing and no wheels in .whl/ (see reproduce/gpu/README.md)"; exit 3
+    say "jsonargparse missing and no wheels in .whl/ (see reproduce/measure/gpu/README.md)"; exit 3
   fi
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     >> "$LOG" 2>&1 || { say "wheel install failed"; exit 3; }
@@ -106,7 +106,7 @@ if [ "${WINDOW_PLAN:-paper}" = small ]; then
   TRAIN_ARGS=(--train-arg=--wandb=disabled --train-arg=--model.step_impl=graph
               --train-arg=--trainer.enable_progress_bar=false)
   for a in "${SHRINK[@]}"; do TRAIN_ARGS+=("--train-arg=$a"); done
-  N_SMALL=$($PY -c "from reproduce.profiles import PROFILES; print(len(PROFILES['ptb']['small'].runs))")
+  N_SMALL=$($PY -c "from reproduce.orchestrate.profiles import PROFILES; print(len(PROFILES['ptb']['small'].runs))")
   say "small profile: $N_SMALL runs, $WORKERS side by side until ${SMALL_END}s"
   # SIGINT at the deadline: the runner stops its runs (each checkpoints) and exits; what finished stays
   timeout -s INT -k 40 $(( SMALL_END - $(el) )) $NICE $PY -m reproduce profile ptb --profile small \
@@ -154,7 +154,7 @@ say "graph tests rc=$rc: $(tail -1 "$OUT/pytest_cuda.txt")"
 if [ $rc != 0 ] && [ "$DRY" != 1 ]; then IMPL=fused; say "graph-mode numbers unchecked or wrong: the runs train with step_impl=fused"; fi
 
 # ---- 3. the probe and the plan ----------------------------------------------------------------------
-timeout "$PROBE_S" $NICE $PY reproduce/gpu/probe.py probe --scale "$([ "$KIND" = large ] && echo large || echo medium)" --out "$R/probe.json" "${PROBE[@]}" > "$R/probe.log" 2>&1
+timeout "$PROBE_S" $NICE $PY reproduce/measure/gpu/probe.py probe --scale "$([ "$KIND" = large ] && echo large || echo medium)" --out "$R/probe.json" "${PROBE[@]}" > "$R/probe.log" 2>&1
 say "probe rc=$?"
 grep -E "packed|one epoch" "$R/probe.log" >> "$LOG"
 if [ "$KIND" = large ]; then
@@ -170,7 +170,7 @@ else
   OVERRIDES=("" "" "" "--model.reg_lambda=1e-7" "--model.reg_lambda=1.4e-4" "" "")
   PLAN_ARGS=(--max-runs 7 --steps-per-run $(( STEPS_PER_RUN > 0 ? STEPS_PER_RUN : 39 * 1327 )) --epochs 39)
 fi
-PLAN=$($PY reproduce/gpu/probe.py plan "$R/probe.json" --seconds $(( DEADLINE - $(el) )) "${PLAN_ARGS[@]}" 2>> "$LOG")
+PLAN=$($PY reproduce/measure/gpu/probe.py plan "$R/probe.json" --seconds $(( DEADLINE - $(el) )) "${PLAN_ARGS[@]}" 2>> "$LOG")
 eval "$PLAN"  # RUNS=, TF32=, PREDICTED_S=
 if [ -z "${RUNS:-}" ]; then RUNS=4; TF32=0; say "no plan (probe failed): 4 runs in fp32"; fi
 [ "$KIND" = large ] && [ "$RUNS" -lt 2 ] && { RUNS=2; say "large: dense and L0 start anyway; they stop at the deadline, not finished"; }
@@ -185,7 +185,7 @@ for (( k = 0; k < RUNS; k++ )); do
  ${SHRINK[*]} ${OVERRIDES[$k]}")
   say "run $((k + 1)): ${NAMES[$k]}: ${CONFIGS[$k]} ${OVERRIDES[$k]}"
 done
-$NICE $PY -m reproduce.train_packed $([ "$TF32" = 1 ] && echo --tf32) "${RUN_ARGS[@]}" > "$R/packed.log" 2>&1 &
+$NICE $PY -m reproduce.run.train_packed $([ "$TF32" = 1 ] && echo --tf32) "${RUN_ARGS[@]}" > "$R/packed.log" 2>&1 &
 PACKED=$!
 last_sample=0; last_pack=$(el)
 while kill -0 $PACKED 2>/dev/null && [ "$(el)" -lt "$DEADLINE" ]; do

@@ -1,4 +1,4 @@
-"""What every training entry point shares (reproduce/train.py for PTB, train_squad.py for SQuAD).
+"""What every training entry point shares (reproduce/run/train.py for PTB, train_squad.py for SQuAD).
 
 The command line (LightningCLI: a YAML config, every option overridable as --model.x=...),
 the run dir with its loggers (CSV always, W&B offline or online), checkpoints (each epoch,
@@ -23,7 +23,7 @@ from lightning_modules.atomic import atomic_write_text
 from lightning_modules.checkpointing import Preempted, pick_checkpoint
 from lightning_modules.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULT_FILE = "result.json"
 
 
@@ -270,7 +270,7 @@ def _mark_wandb_preempting(trainer, signum: int) -> None:
 
 def run_main(train_fn, args: list[str] | None) -> int:
     """Exit status: 0 done, 2 a user error (one line), 128 + signal after a preemption checkpoint."""
-    from .user_errors import report_user_errors
+    from ..user_errors import report_user_errors
 
     try:
         return report_user_errors(lambda: train_fn(args),

@@ -11,7 +11,7 @@ The same YAML drives a W&B agent on a cluster (sweeps/README.md). Here, without 
      (the one difference: ${interpreter} is this Python, so the suite's venv runs it); the runner
      adds `--run_dir=results/sweeps/<file stem>/<run name>`, the run name being made of the
      swept values, so a re-invocation finds the same dirs;
-  4. the runs go through reproduce.run_queue: finished ones (result.json) are skipped,
+  4. the runs go through reproduce.orchestrate.run_queue: finished ones (result.json) are skipped,
      unfinished ones resume from their last checkpoint, N side by side, W&B offline;
   5. the sweep's table and plots are written into results/sweeps/<file stem>/.
 """
@@ -32,9 +32,9 @@ from pathlib import Path
 
 from lightning_modules.errors import UserError
 
-from .report import write_report
+from ..report.report import write_report
+from ..report.runs import dataset_of
 from .run_queue import Job, run_jobs
-from .runs import dataset_of
 
 # Top-level keys of the W&B sweep schema (it forbids any other).
 SWEEP_KEYS = {"program", "method", "parameters", "metric", "command", "name", "description", "project", "entity",

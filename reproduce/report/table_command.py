@@ -5,10 +5,10 @@ of another folder (--runs: a sweep's results/sweeps/<name>/, or a committed reco
 such as reproduce/measured/ptb_small/), or the same result dicts from a W&B project (--wandb
 ENTITY/PROJECT). Writes table.md (the rows, their Pareto fronts with the seeds' noise, the metric
 at equal FLOPs), table.csv, equal_flops.csv and the plots into that folder (or --out) and prints
-the Markdown (reproduce/tables.py, reproduce/fronts.py, reproduce/plots.py).
+the Markdown (reproduce/report/tables.py, reproduce/report/fronts.py, reproduce/report/plots.py).
 
 `python -m reproduce table --update-readme [README.md]` rewrites the README's
-`<!-- table: ... -->` blocks from their records folders (reproduce/records.py).
+`<!-- table: ... -->` blocks from their records folders (reproduce/report/records.py).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from pathlib import Path
 
 from lightning_modules.errors import UserError
 
-from .profiles import resolve_profile
 from .records import update_readme
 from .report import write_report
-from .runs import display_path
+from .runs import display_path, profile_folder
 from .tables import check_dataset
 
 
@@ -65,6 +64,6 @@ def run(args) -> None:
     elif args.runs:
         runs_dir = Path(args.runs)
     else:
-        runs_dir = Path(args.results) / args.dataset / resolve_profile(args.profile, args.dataset)
+        runs_dir = Path(args.results) / args.dataset / profile_folder(args.profile, args.dataset)
     write_report(args.dataset, runs_dir, args.out, wandb_project=args.wandb, profile=profile,
                  where=display_path(runs_dir), heading_level=args.heading_level)

@@ -35,7 +35,7 @@ from lightning_modules.run_dir import RECORD_FILES, RESULT_FILE, is_finished
 from .runs import collect_runs, display_path, read_result, run_dirs, source_run_name
 from .tables import build_table, check_dataset
 
-MEASURED_DIR = Path(__file__).parent / "measured"
+MEASURED_DIR = Path(__file__).resolve().parent.parent / "measured"
 BLOCK = re.compile(r"<!-- table: (?P<args>[^\n]*?) -->\n(?P<body>.*?)<!-- /table -->", re.DOTALL)
 
 

@@ -1,4 +1,4 @@
-"""Several PTB runs in one process: `python -m reproduce.train_packed --run "ARGS" --run "ARGS" ...`.
+"""Several PTB runs in one process: `python -m reproduce.run.train_packed --run "ARGS" --run "ARGS" ...`.
 
 Each --run is the argument list of one `python -m reproduce.train` command (shell-quoted, e.g.
 "--config reproduce/configs/ptb_medium_l0.yaml --run_dir results/ptb/paper/medium_l0"). Every run
@@ -43,6 +43,8 @@ import time
 import lightning as L
 import numpy as np
 import torch
+
+from lightning_modules.fused_step import set_precision
 
 
 class Turns:
@@ -169,7 +171,7 @@ def run_packed(runs: list[list[str]], echo=sys.stderr) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reproduce.train_packed", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m reproduce.run.train_packed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", required=True, metavar="ARGS",
                         help="the arguments of one `python -m reproduce.train` command, quoted (repeatable)")
@@ -181,13 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     set_precision(args.tf32)
     codes = run_packed(runs)
     return 0 if all(c == 0 for c in codes) else max(codes)
-
-
-def set_precision(tf32: bool) -> None:
-    """Full fp32 or TF32 for every matmul and cuDNN kernel of the process (a global switch: runs of one
-    process share it). Full fp32 is set explicitly: cuDNN allows TF32 by default."""
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
-    torch.backends.cudnn.allow_tf32 = tf32
 
 
 if __name__ == "__main__":

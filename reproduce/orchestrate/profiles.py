@@ -2,7 +2,7 @@
 
 The pipeline: every run of the profile (finished ones skipped, unfinished ones resumed),
 then the measured speed of each export, then the tables and plots, all under
-results/<dataset>/<profile>/. Each run is one training command (reproduce/train.py) with
+results/<dataset>/<profile>/. Each run is one training command (reproduce/run/train.py) with
 its own run dir; a run dir with result.json is finished.
 """
 
@@ -16,11 +16,12 @@ from pathlib import Path
 from lightning_modules.errors import UserError
 from lightning_modules.run_dir import RESULT_FILE
 
-from .report import write_report
+from ..measure.speed import default_settings, measure_run_dirs
+from ..report.report import write_report
+from ..report.runs import CPU_PROFILE
 from .run_queue import Job, run_jobs
-from .speed import default_settings, measure_run_dirs
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,6 @@ PROFILES: dict[str, dict[str, Profile]] = {
                          about="BiDAF at paper scale: needs the SQuAD train split, --data.glove_path and a GPU"),
     },
 }
-# `auto` picks the paper profile on a GPU, else this one
-CPU_PROFILE = {"ptb": "small", "squad": "smoke"}
 
 
 def resolve_profile(profile: str, dataset: str = "ptb") -> str:

@@ -1,6 +1,6 @@
 """Tables, then plots, then the table printed: what `table`, `profile` and `sweep` write for a
-folder of runs (or a W&B project). The one place that puts reproduce/tables.py and
-reproduce/plots.py together; both render the records of reproduce/runs.py, read once here.
+folder of runs (or a W&B project). The one place that puts reproduce/report/tables.py and
+reproduce/report/plots.py together; both render the records of reproduce/report/runs.py, read once here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How many training runs one GPU finishes per 10 minutes with 1, 2, 4 and 8 of them at once.
 
-    python reproduce/gpu/concurrency.py [--counts 1,2,4,8] [--size medium] [--method l0] \
+    python reproduce/measure/gpu/concurrency.py [--counts 1,2,4,8] [--size medium] [--method l0] \
         [--impl graph] [--seconds 20] [--out results/bench/concurrency.json]
 
 For each count N it starts N separate processes, each training the LM (synthetic PTB-shaped
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EPOCHS = {"tiny": 2, "small": 13, "medium": 39, "large": 55}  # the configs' max_epochs (tiny: the dry runs')
 
 
@@ -38,7 +38,7 @@ def worker(args) -> None:
     import lightning as L
     import torch
 
-    from reproduce.bench import STEP_METHODS, STEP_SIZES, _synthetic_windows
+    from reproduce.measure.bench import STEP_METHODS, STEP_SIZES, _synthetic_windows
 
     emb, hidden, dropout, num_steps, batch, vocab = STEP_SIZES[args.size]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -99,7 +99,7 @@ def stop_mps() -> None:
 
 
 def measure(n: int, args) -> dict:
-    from reproduce.bench import STEP_SIZES, _windows_per_epoch
+    from reproduce.measure.bench import STEP_SIZES, _windows_per_epoch
 
     start_at = time.time() + args.startup
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

@@ -1,7 +1,7 @@
 """Run a list of training commands, N at a time: the one runner behind profiles and sweeps.
 
 A job whose run dir holds result.json is finished and never started again; any other is
-(re)started and resumes from its own last checkpoint (reproduce/train.py does that). Each job
+(re)started and resumes from its own last checkpoint (reproduce/run/train.py does that). Each job
 writes its output to `<run dir>.log`; the terminal gets one progress line per event. Jobs may
 wait for files (e.g. the direct-design run waits for the L0 run's result.json).
 """
