@@ -19,30 +19,33 @@ from reproduce.report.records import (
     readme_blocks,
     render_block,
 )
+from reproduce.report.table_command import DOCUMENTS_WITH_TABLES
 
 README = REPO / "README.md"
 
 
-# ---- the README ---------------------------------------------------------------------------------
+# ---- the README and docs/RESULTS.md -------------------------------------------------------------
 
-def test_every_readme_table_is_regenerated_from_its_records():
-    blocks = readme_blocks(README.read_text())
-    assert blocks, ("README.md has no `<!-- table: DATASET --runs FOLDER -->` ... `<!-- /table -->` block: a "
+@pytest.mark.parametrize("name", DOCUMENTS_WITH_TABLES)
+def test_every_reported_table_is_regenerated_from_its_records(name):
+    path = REPO / name
+    blocks = readme_blocks(path.read_text())
+    assert blocks, (f"{name} has no `<!-- table: DATASET --runs FOLDER -->` ... `<!-- /table -->` block: a "
                     "reported table must be regenerable from committed records. Record the runs (python -m "
                     "reproduce record ptb --profile small), add the markers around the table, then fill them "
                     "with python -m reproduce table --update-readme")
     problems = []
     for block in blocks:
         try:
-            expected = render_block(block.args, REPO).strip()
+            expected = render_block(block.args, path.parent).strip()
         except UserError as e:  # a missing records folder, a bad block: name the block
             problems.append(f"<!-- table: {block.args} -->: {e}")
             continue
         if block.body.strip() != expected:
             diff = difflib.unified_diff(block.body.strip().splitlines(), expected.splitlines(),
-                                        "README.md", f"python -m reproduce table {block.args}", lineterm="")
+                                        name, f"python -m reproduce table {block.args}", lineterm="")
             problems.append("\n".join(diff))
-    assert not problems, ("README tables differ from their records (python -m reproduce table --update-readme "
+    assert not problems, (f"{name}: tables differ from their records (python -m reproduce table --update-readme "
                           "rewrites them):\n" + "\n\n".join(problems))
 
 

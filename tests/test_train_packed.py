@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from reproduce.run.train_packed import main as packed_main
 from reproduce.run.train_packed import run_packed
-from reproduce.train import train
+from reproduce.run.train import train
 
 # tiny and fast, but with everything that draws random numbers: gate noise, dropout
 SHRINK = ["--data.train_tokens=2400", "--model.embedding_dim=12", "--model.hidden_sizes=[12,10]",
@@ -96,7 +96,7 @@ class _SigtermAt(L.Callback):
 def test_a_packed_run_stopped_by_sigterm_resumes_alone_to_the_same_end(alone, tmp_path, monkeypatch):
     """SIGTERM reaches the main thread; every run checkpoints at its next step's end and stops
     (exit 143); each then resumes with its own command, alone, and ends where it would have."""
-    from reproduce import train as train_module  # run_packed looks train up there when it starts
+    from reproduce.run import train as train_module  # run_packed looks train up there when it starts
 
     names = ["l0_fused", "iss_eager"]
     original = train_module.train

@@ -40,18 +40,23 @@ def add_arguments(parser) -> None:
                              "(default output: RESULTS/DATASET/wandb-PROJECT)")
     parser.add_argument("--heading-level", type=int, default=1, choices=range(1, 5), metavar="N",
                         help="Markdown level of the table's title, its sections one below (default 1)")
-    parser.add_argument("--update-readme", nargs="?", const="README.md", default=None, metavar="README",
-                        help="rewrite the table blocks of README (default README.md) from their records "
-                             "folders, instead of writing a table")
+    parser.add_argument("--update-readme", nargs="?", const=" ".join(DOCUMENTS_WITH_TABLES), default=None,
+                        metavar="FILE", help="rewrite the table blocks of FILE (default: README.md and "
+                        "docs/RESULTS.md) from their records folders, instead of writing a table")
+
+
+# the Markdown files that hold table blocks regenerated from committed records (tests/test_records.py)
+DOCUMENTS_WITH_TABLES = ("README.md", "docs/RESULTS.md")
 
 
 def run(args) -> None:
     if args.update_readme:
         if args.dataset or args.runs or args.wandb:
             raise UserError("--update-readme takes no dataset, --runs or --wandb: each README block names its own")
-        blocks, changed = update_readme(Path(args.update_readme))
-        print(f"{args.update_readme}: {blocks} table block{'s' * (blocks != 1)}, {len(changed)} changed"
-              + "".join(f"\n  table: {c}" for c in changed), file=sys.stderr)
+        for name in args.update_readme.split():
+            blocks, changed = update_readme(Path(name))
+            print(f"{name}: {blocks} table block{'s' * (blocks != 1)}, {len(changed)} changed"
+                  + "".join(f"\n  table: {c}" for c in changed), file=sys.stderr)
         return
     if not args.dataset:
         raise UserError("give a dataset (ptb or squad), or --update-readme")
