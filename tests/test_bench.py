@@ -94,9 +94,12 @@ def test_gpu_window_scripts_parse():
     """reproduce/measure/gpu: the window's scripts are valid bash, the concurrency script starts. (The
     window's dry run, WINDOW_DRY_RUN=1 bash reproduce/measure/gpu/window.sh, takes minutes: not here.)"""
     for script in ("window.sh", "fetch_wheels.sh"):
-        path = REPO / "reproduce" / "gpu" / script
+        path = REPO / "reproduce" / "measure" / "gpu" / script
         checked = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
-    usage = subprocess.run([sys.executable, str(REPO / "reproduce" / "gpu" / "concurrency.py"), "--help"],
+    usage = subprocess.run([sys.executable, str(REPO / "reproduce" / "measure" / "gpu" / "concurrency.py"), "--help"],
                            capture_output=True, text=True, timeout=60)
     assert usage.returncode == 0 and "per 10 minutes" in usage.stdout and "--counts" in usage.stdout
+    probe = subprocess.run([sys.executable, str(REPO / "reproduce" / "measure" / "gpu" / "probe.py"), "plan", "--help"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0 and "--seconds" in probe.stdout, probe.stderr
