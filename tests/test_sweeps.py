@@ -1,7 +1,9 @@
 """Sweep files stay runnable, expand as the W&B controller does, resume, and refuse bad input early."""
 
 import json
+import math
 import os
+import random
 import re
 import signal
 import subprocess
@@ -13,7 +15,8 @@ import pytest
 from conftest import REPO, run_cli
 
 from lightning_modules.errors import UserError
-from reproduce import sweep as sw
+from lightning_modules.run_dir import RESULT_FILE
+from reproduce.orchestrate import sweep as sw
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 # the real configs shrunk to a few batches (as tests/test_configs_and_profiles.py does)
@@ -104,7 +107,7 @@ def test_every_sweep_file_validates_expands_and_its_first_run_trains(tmp_path, p
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / names[0] / "result.json").read_text())
+    result = json.loads((tmp_path / names[0] / RESULT_FILE).read_text())
     # the swept value reached the model (unless the shrink above replaced it)
     if "model.reg_lambda" in points[0]:
         assert result["lambda"] == points[0]["model.reg_lambda"]
@@ -115,7 +118,10 @@ def test_every_sweep_file_validates_expands_and_its_first_run_trains(tmp_path, p
 
 # ---------------------------------------------------------------- expansion and commands
 
-def test_grid_expands_like_the_wandb_controller(tmp_path):
+def test_grid_runs_are_the_controllers_in_its_order_with_the_agents_commands(tmp_path):
+    """The `sweeps` package (W&B's controller) proposes the runs, wandb's agent code builds the commands:
+    this pins what they do that the runner relies on (the order, repeated values, int ranges, the form
+    of an argument), so that a release that changes it shows up here."""
     path = write_sweep(tmp_path, """program: reproduce.train
 method: grid
 command: ["${env}", "${interpreter}", "-m", "${program}", "--config=c.yaml", "${args}"]
@@ -132,6 +138,7 @@ parameters:
         (20, 0.5, 1e-7), (20, 0.5, 1e-6), (20, 0.0, 1e-7), (20, 0.0, 1e-6),
         (21, 0.5, 1e-7), (21, 0.5, 1e-6), (21, 0.0, 1e-7), (21, 0.0, 1e-6)]
     assert all(p["model.method"] == "l0" for p in points)
+    assert sweep.swept == ["data.num_steps", "model.dropout", "model.reg_lambda"]  # not the constant
     cmd = sw.build_command(sweep, points[0], interpreter="python")
     # the agent's form: /usr/bin/env python -m PROGRAM fixed args, then --name=str(value) sorted by name
     assert cmd == ["/usr/bin/env", "python", "-m", "reproduce.train", "--config=c.yaml", "--data.num_steps=20",
@@ -139,6 +146,41 @@ parameters:
     names = sw.run_names(sweep, points)
     assert names[0] == "data.num_steps=20__model.dropout=0.5__model.reg_lambda=1e-07"
     assert sw.run_names(sweep, sw.expand(sw.load_sweep(path))) == names  # the same dirs on every invocation
+    assert len(sw.expand(sweep, run_cap=3)) == 3
+
+
+def test_envvar_macros_and_the_default_command_are_filled_in_as_the_agent_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEP_TEST_CONFIG", "reproduce/configs/ptb_smoke_l0.yaml")
+    path = write_sweep(tmp_path, """program: reproduce/train.py
+method: grid
+parameters:
+  model.reg_lambda: {values: [1.0e-6]}
+""")
+    assert sw.build_command(sw.load_sweep(path), {"model.reg_lambda": 1e-6}, interpreter="py") == [
+        "/usr/bin/env", "py", "reproduce/train.py", "--model.reg_lambda=1e-06"]
+    path = write_sweep(tmp_path, """program: reproduce.train
+method: grid
+command: ["${env}", "${interpreter}", "-m", "${program}", "--config=${envvar:SWEEP_TEST_CONFIG}", "${args}"]
+parameters:
+  model.reg_lambda: {values: [1.0e-6]}
+""")
+    sweep = sw.load_sweep(path)
+    assert sw.build_command(sweep, {"model.reg_lambda": 1e-6})[4] == "--config=reproduce/configs/ptb_smoke_l0.yaml"
+    assert sweep.config["command"][4] == "--config=${envvar:SWEEP_TEST_CONFIG}"  # the file's list untouched
+
+
+def test_time_per_run_is_the_profiles_minutes_for_the_same_config(tmp_path, monkeypatch):
+    """No time in a comment is read: a sweep over a config of a profile expects that run's minutes, one
+    over any other config has no estimate (the ETA leaves it out rather than guessing)."""
+    monkeypatch.chdir(REPO)
+    assert sw.expected_minutes(sw.load_sweep("sweeps/ptb_small_l0.yaml")) == 80
+    assert sw.expected_minutes(sw.load_sweep("sweeps/ptb_large_magnitude.yaml")) == 2750  # the dense config's
+    other = tiny_sweep(tmp_path).read_text().replace(SMOKE_CONFIG, "reproduce/configs/ptb_small_gru_l0.yaml")
+    sweep = sw.load_sweep(write_sweep(tmp_path, other, "gru.yaml"))
+    assert sweep.config_file == "reproduce/configs/ptb_small_gru_l0.yaml"
+    assert sw.expected_minutes(sweep) is None
+    jobs = sw.sweep_jobs(sweep, sw.expand(sweep), tmp_path / "out")
+    assert [j.expected_minutes for j in jobs] == [None] * 3
 
 
 def test_list_and_path_values_give_readable_run_names(tmp_path):
@@ -169,8 +211,12 @@ parameters:
 """)
     sweep = sw.load_sweep(path)
     points = sw.expand(sweep, seed=3)
+    state = random.getstate()
     assert len(points) == 6 and points == sw.expand(sweep, seed=3)
+    assert random.getstate() == state  # the seeding of the package's draws does not leak
     assert points != sw.expand(sweep, seed=4)
+    # plain Python values, as the agent gets them from the server's JSON (the package draws numpy's)
+    assert all(type(p["model.reg_lambda"]) is float and type(p["data.num_steps"]) is int for p in points)
     assert all(1e-8 <= p["model.reg_lambda"] <= 1e-6 for p in points)
     assert all(p["data.num_steps"] in (10, 11, 12) and p["model.dropout"] in (0.0, 0.5) for p in points)
     assert len(sw.expand(sweep, run_cap=2)) == 2
@@ -182,12 +228,13 @@ parameters:
 BAD = {
     "malformed YAML": ("method: grid\nparameters: [unclosed\n", r"malformed YAML at line \d+"),
     "not a mapping": ("- a\n- b\n", "a sweep file is a mapping"),
-    "unknown top-level key": ("method: grid\nparamters: {}\n", "unknown key 'paramters'"),
+    "unknown top-level key": ("method: grid\nparamters: {}\n",
+                              r"Additional properties are not allowed \('paramters' was unexpected\)"),
     "bayes": ("method: bayes\nparameters: {a: {values: [1]}}\n", "method bayes needs the W&B server"),
     "grid over a continuous range": (
         "method: grid\ncommand: ['${args}']\nparameters:\n  model.reg_lambda: "
         "{distribution: log_uniform_values, min: 1.0e-8, max: 1.0e-6}\n",
-        "parameter model.reg_lambda: grid needs a finite list, not a continuous log_uniform_values range"),
+        "Parameter model.reg_lambda is a disallowed type with grid search.*list the points with values"),
     "bad method": ("method: grid\ncommand: ['${args}']\nparameters:\n  model.method: {values: [l0, lol]}\n",
                    "parameter model.method: unknown method 'lol'"),
     "number written as text": (
@@ -198,7 +245,22 @@ BAD = {
     "random without run_cap": ("method: random\ncommand: ['${args}']\nparameters: {a: {values: [1]}}\n",
                                "method random needs run_cap"),
     "unknown distribution key": ("method: grid\ncommand: ['${args}']\nparameters: {a: {values: [1], q: 2}}\n",
-                                 "distribution categorical does not take q"),
+                                 r"not valid under any of the given schemas; invalid hyperparameter configuration: "
+                                 r"a; write each parameter as"),
+    "min above max": ("method: random\nrun_cap: 2\ncommand: ['${args}']\nparameters: {a: {min: 3, max: 1}}\n",
+                      "a: min 3 is not less than max 1$"),
+    "probabilities of another length": (
+        "method: random\nrun_cap: 2\ncommand: ['${args}']\nparameters:\n  a: {values: [1, 2], probabilities: [1.0]}\n",
+        "values \\[1, 2\\] and probabilities \\[1.0\\] are not the same length"),
+    "a parameter that is a list": ("method: grid\ncommand: ['${args}']\nparameters: {a: [1, 2]}\n",
+                                   r"parameter a: got \[1, 2\]; write each parameter as"),
+    "nested parameters": ("method: grid\ncommand: ['${args}']\nparameters: {a: {parameters: {b: {value: 1}}}}\n",
+                          "nested parameters are not used"),
+    "a macro the training command cannot read": (
+        "method: grid\ncommand: ['${args_json}', '${args}']\nparameters: {a: {values: [1]}}\n",
+        r"command macro \$\{args_json\} is not used"),
+    "run_cap not a count": ("method: random\nrun_cap: 0\ncommand: ['${args}']\nparameters: {a: {values: [1]}}\n",
+                            "run_cap must be a positive integer"),
 }
 
 
@@ -209,6 +271,19 @@ def test_bad_sweep_files_are_one_clear_error(tmp_path, case):
     with pytest.raises(UserError, match=message) as info:
         sw.expand(sw.load_sweep(path))
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_deprecated_distribution_is_a_note_not_an_error(tmp_path, capsys):
+    """W&B's schema flags log_uniform (min/max as exponents) as deprecated; its server still runs it."""
+    path = write_sweep(tmp_path, """method: random
+run_cap: 3
+command: ['${args}']
+parameters:
+  model.reg_lambda: {distribution: log_uniform, min: -16.0, max: -13.0}
+""")
+    points = sw.expand(sw.load_sweep(path))
+    assert "note:" in capsys.readouterr().err
+    assert len(points) == 3 and all(math.exp(-16) <= p["model.reg_lambda"] <= math.exp(-13) for p in points)
 
 
 @pytest.mark.slow
@@ -256,15 +331,15 @@ def test_interrupted_sweep_reinvoked_runs_exactly_the_remaining_runs(tmp_path):
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
-    while not (sweep_dir / names[0] / "result.json").exists():
+    while not (sweep_dir / names[0] / RESULT_FILE).exists():
         assert first.poll() is None and time.time() < deadline, first.stderr.read()[-3000:]
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGINT)
     _, err1 = first.communicate(timeout=120)
     assert first.returncode == 130, err1[-3000:]
     assert "interrupted" in err1
-    assert not (sweep_dir / names[1] / "result.json").exists()
-    first_result = (sweep_dir / names[0] / "result.json").stat().st_mtime_ns
+    assert not (sweep_dir / names[1] / RESULT_FILE).exists()
+    first_result = (sweep_dir / names[0] / RESULT_FILE).stat().st_mtime_ns
     # after the crash, the sweep's table holds the finished run and none of the unfinished ones
     from reproduce.report.tables import write_tables
 
@@ -279,8 +354,8 @@ def test_interrupted_sweep_reinvoked_runs_exactly_the_remaining_runs(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "1 finished, 2 left" in second.stderr
     assert _started(second.stderr) == names[1:]  # exactly the two that had not finished
-    assert (sweep_dir / names[0] / "result.json").stat().st_mtime_ns == first_result
-    assert all((sweep_dir / n / "result.json").exists() for n in names)
+    assert (sweep_dir / names[0] / RESULT_FILE).stat().st_mtime_ns == first_result
+    assert all((sweep_dir / n / RESULT_FILE).exists() for n in names)
 
     third = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0 and _started(third.stderr) == [] and "3 finished, 0 left" in third.stderr
@@ -296,7 +371,7 @@ def test_count_runs_only_that_many_and_the_rest_next_time(tmp_path, monkeypatch)
         for job in todo:
             started.append(job.name)
             job.run_dir.mkdir(parents=True)
-            (job.run_dir / "result.json").write_text("{}")
+            (job.run_dir / RESULT_FILE).write_text("{}")
         return todo
 
     monkeypatch.setattr(sw, "run_jobs", fake_run_jobs)
@@ -315,7 +390,7 @@ def test_failed_runs_still_get_the_table_of_the_others_then_the_error(tmp_path, 
 
     def one_fails(jobs, workers, label):
         jobs[0].run_dir.mkdir(parents=True)
-        (jobs[0].run_dir / "result.json").write_text("{}")
+        (jobs[0].run_dir / RESULT_FILE).write_text("{}")
         raise UserError(f"{label}: 1 run(s) failed ({jobs[1].name})")
 
     monkeypatch.setattr(sw, "run_jobs", one_fails)

@@ -1,6 +1,7 @@
-"""The sweep files under W&B's own code: the real agent builds and starts every file's runs,
-W&B's own controller (the `sweeps` package) holds reproduce/orchestrate/sweep.py's expansion to account, a
-preempted SLURM array task is handed back and resumes, and its offline W&B run reads back.
+"""The sweep files under W&B's own code: the real agent builds and starts every file's runs (the
+same commands the local runner builds), a preempted SLURM array task is handed back and resumes, and
+its offline W&B run reads back. The runs handed out are the ones W&B's controller proposes: the local
+runner's expansion is the controller's code itself (the `sweeps` package).
 
 Only the W&B server is stubbed (tests/wandb_stub.py). The agent's run commands are forked from
 a process that has the suite imported (wandb_stub.ForkedRun) to keep 30 runs within a minute;
@@ -12,15 +13,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import math
 import multiprocessing
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,7 +28,8 @@ from conftest import REPO
 from wandb_offline import read_offline_run
 from wandb_stub import STATE_ENV, ForkedRun, StubServer, stub_patches
 
-from reproduce import sweep as sw
+from lightning_modules.run_dir import CHECKPOINT_DIR, GATE_HISTORY_FILE, RESULT_FILE, STEP_CHECKPOINT
+from reproduce.orchestrate import sweep as sw
 
 TESTS = Path(__file__).resolve().parent
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -100,8 +99,8 @@ def submit_dir(tmp_path: Path) -> Path:
 
 
 def controller_points(path: Path, n: int, scratch: Path) -> list[dict]:
-    """The first n runs the W&B grid controller proposes for the file (reproduce.orchestrate.sweep.expand, held
-    to W&B's own controller below), read from a copy whose command cannot fail the local checks:
+    """The first n runs the W&B grid controller proposes for the file (reproduce.orchestrate.sweep.expand,
+    which is the controller's code), read from a copy whose command cannot fail the local checks:
     the controller never reads the command, and a broken one must still get its runs."""
     config = yaml.safe_load(path.read_text())
     scratch.mkdir(parents=True, exist_ok=True)
@@ -198,7 +197,7 @@ def agent_problems(outcome: dict) -> list[str]:
             problems.append(f"{run_id}: {record['refused']}")
             continue
         # the local runner (python -m reproduce sweep) claims to build exactly the agent's command
-        local = sw.build_command(sw.Sweep(path, config, {}), point, interpreter="python")
+        local = sw.build_command(sw.Sweep(path, config), point, interpreter="python")
         if record["command"] != local:
             problems.append(f"{run_id}: the agent ran {record['command']}, the local runner builds {local}")
         log = outcome["workdir"] / "run-logs" / f"{run_id}.log"
@@ -206,10 +205,10 @@ def agent_problems(outcome: dict) -> list[str]:
             tail = log.read_text()[-1500:] if log.exists() else ""
             problems.append(f"{run_id}: exit status {record['exitcode']}: {tail}")
             continue
-        result_file = run_dir_of(outcome, run_id) / "result.json"
+        result_file = run_dir_of(outcome, run_id) / RESULT_FILE
         if not result_file.exists():
-            found = sorted(str(p.relative_to(outcome["workdir"])) for p in outcome["workdir"].rglob("result.json"))
-            problems.append(f"{run_id}: no {result_file.relative_to(outcome['workdir'])} (result.json files: {found})")
+            found = sorted(str(p.relative_to(outcome["workdir"])) for p in outcome["workdir"].rglob(RESULT_FILE))
+            problems.append(f"{run_id}: no {result_file.relative_to(outcome['workdir'])} (found: {found})")
             continue
         result = json.loads(result_file.read_text())
         hparams = result["model_hparams"]
@@ -265,7 +264,7 @@ def test_a_preempted_run_is_marked_preempting_and_ends_with_the_signals_exit_cod
     its W&B run ended with a non-zero exit code (docs.wandb.ai/models/sweeps/signal-handling-sweep-runs)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    from reproduce import training_run
+    from reproduce.run import training_run
 
     calls = []
 
@@ -343,7 +342,7 @@ def preempted_sweep(tmp_path_factory, tiny_ptb) -> dict:
     first = _array_task(workdir, env, f"{ENTITY}/{PROJECT}/{sweep_id}", logs[0])
     try:
         deadline = time.monotonic() + 150
-        while _lines(run_dir / "gate_history.jsonl") < 3:
+        while _lines(run_dir / GATE_HISTORY_FILE) < 3:
             assert first.poll() is None and time.monotonic() < deadline, logs[0].read_text()[-3000:]
             time.sleep(0.02)
         first.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@120` does: to the batch shell only
@@ -352,8 +351,8 @@ def preempted_sweep(tmp_path_factory, tiny_ptb) -> dict:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
     after_first = {"status": first_status, "log": logs[0].read_text(), "state": server.state(),
-                   "step_ckpt": (run_dir / "checkpoints" / "step.ckpt").exists(),
-                   "result": (run_dir / "result.json").exists(),
+                   "step_ckpt": (run_dir / CHECKPOINT_DIR / STEP_CHECKPOINT).exists(),
+                   "result": (run_dir / RESULT_FILE).exists(),
                    "scontrol": (tmp_path / "scontrol.log").read_text() if (tmp_path / "scontrol.log").exists() else ""}
 
     # what the server does with a run marked preempting: hand it to the next agent, same id
@@ -383,9 +382,9 @@ def test_sigusr1_to_the_array_task_checkpoints_requeues_and_the_run_resumes_unde
     # the requeued task's agent got the same run back and resumed it in the same dir
     assert [(h["type"], h["run_id"]) for h in s["state"]["handed"]] == [("run", s["run_id"]), ("resume", s["run_id"])]
     assert s["second_status"] == 0, s["second_log"][-3000:]
-    assert f"resuming from {Path('results') / 'sweeps' / s['sweep_id'] / s['run_id'] / 'checkpoints' / 'step.ckpt'}" \
-        in s["second_log"], s["second_log"][-3000:]
-    result = json.loads((s["run_dir"] / "result.json").read_text())
+    step_ckpt = Path("results") / "sweeps" / s["sweep_id"] / s["run_id"] / CHECKPOINT_DIR / STEP_CHECKPOINT
+    assert f"resuming from {step_ckpt}" in s["second_log"], s["second_log"][-3000:]
+    result = json.loads((s["run_dir"] / RESULT_FILE).read_text())
     assert result["lambda"] == s["point"]["model.reg_lambda"]
     assert s["scontrol"] == first["scontrol"]  # a finished run requeues nothing
     assert list(s["run_dir"].parent.iterdir()) == [s["run_dir"]]  # one run dir for the run, both times
@@ -395,7 +394,7 @@ def test_sigusr1_to_the_array_task_checkpoints_requeues_and_the_run_resumes_unde
 @pytest.mark.timeout(600)
 def test_the_offline_wandb_run_reads_back_with_config_commit_epochs_neurons_and_result(preempted_sweep):
     s = preempted_sweep
-    result = json.loads((s["run_dir"] / "result.json").read_text())
+    result = json.loads((s["run_dir"] / RESULT_FILE).read_text())
     folders = sorted((s["run_dir"] / "wandb").glob("offline-run-*"))
     # one folder per invocation, both the agent's run id: the resumed run continues the same W&B run
     assert len(folders) == 2 and all(f.name.endswith(f"-{s['run_id']}") for f in folders)
@@ -420,122 +419,3 @@ def test_the_offline_wandb_run_reads_back_with_config_commit_epochs_neurons_and_
     assert resumed.summary["val_ppl"] == result["metrics"]["val_ppl"]
     # the code W&B's requeue rule reads: 128 + SIGUSR1 for the preempted part, 0 for the finished one
     assert (preempted.exit_code, resumed.exit_code) == (128 + signal.SIGUSR1, 0)
-
-
-# ---------------------------------------------------------------- W&B's own controller as the oracle
-
-def _w_and_b_sweeps():
-    with warnings.catch_warnings():  # its pydantic v1-style config, harmless
-        warnings.simplefilter("ignore")
-        return pytest.importorskip("sweeps", reason="W&B's sweeps package: pip install -e '.[dev]'")
-
-
-def _typed(point: dict) -> list:
-    return [(name, type(value).__name__, json.dumps(value)) for name, value in sorted(point.items())]
-
-
-def _wandb_grid(config: dict) -> list[dict]:
-    sweeps = _w_and_b_sweeps()
-    runs = []
-    while (run := sweeps.next_run(config, runs, validate=True)) is not None:
-        run.state = sweeps.RunState.finished
-        runs.append(run)
-    return [{name: spec["value"] for name, spec in run.config.items()} for run in runs]
-
-
-@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
-def test_grid_expansion_is_the_wandb_controllers_run_for_run(path):
-    sweeps = _w_and_b_sweeps()
-    config = yaml.safe_load(path.read_text())
-    assert sweeps.schema_violations_from_proposed_config(config) == []
-    ours = sw.expand(sw.load_sweep(path))
-    assert [_typed(p) for p in ours] == [_typed(p) for p in _wandb_grid(config)]
-
-
-@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
-def test_random_expansion_draws_what_the_wandb_controller_draws(path, tmp_path):
-    """Every file as method: random. W&B draws unseeded; compare names, types and the values drawn."""
-    sweeps = _w_and_b_sweeps()
-    config = {**yaml.safe_load(path.read_text()), "method": "random", "run_cap": 200}
-    copy = tmp_path / path.name
-    copy.write_text(yaml.safe_dump(config))
-    ours = sw.expand(sw.load_sweep(copy), seed=1)
-    random.seed(1)
-    theirs = [{k: v["value"] for k, v in run.config.items()} for run in sweeps.next_runs(config, [], n=200)]
-    assert len(ours) == len(theirs) == 200
-    for name in config["parameters"]:
-        spec = config["parameters"][name]
-        declared = spec["values"] if "values" in spec else [spec["value"]]
-        for draws in (ours, theirs):
-            # 200 draws miss one of at most 6 values with probability below 1e-14
-            assert sorted({json.dumps(p[name]) for p in draws}) == sorted({json.dumps(v) for v in declared}), name
-    assert sorted(ours[0]) == sorted(theirs[0])
-    for name in config["parameters"]:
-        assert {_kind(p[name]) for p in ours} == {_kind(p[name]) for p in theirs}, name
-
-
-# every distribution reproduce/orchestrate/sweep.py knows, with the settings W&B's schema accepts
-DISTRIBUTIONS = {
-    "constant": {"value": 3},
-    "categorical": {"values": [1, 2, 3]},
-    "categorical_w_probabilities": {"values": [1, 2, 3], "probabilities": [0.2, 0.3, 0.5]},
-    "int_uniform": {"min": 2, "max": 9},
-    "uniform": {"min": -1.0, "max": 3.0},
-    "q_uniform": {"min": 0.0, "max": 10.0, "q": 2.5},
-    "log_uniform": {"min": -9.0, "max": -2.0},
-    "log_uniform_values": {"min": 1.0e-8, "max": 1.0e-3},
-    "q_log_uniform": {"min": 0.0, "max": 5.0, "q": 4},
-    "q_log_uniform_values": {"min": 1.0, "max": 200.0, "q": 5},
-    "inv_log_uniform": {"min": 0.5, "max": 4.0},
-    "inv_log_uniform_values": {"min": 0.1, "max": 30.0},
-    "normal": {"mu": 1.5, "sigma": 2.0},
-    "q_normal": {"mu": 10.0, "sigma": 4.0, "q": 2},
-    "log_normal": {"mu": 0.5, "sigma": 0.7},
-    "q_log_normal": {"mu": 2.0, "sigma": 0.5, "q": 1},
-    "beta": {"a": 2.0, "b": 5.0},
-    "q_beta": {"a": 2.0, "b": 2.0, "q": 0.1},
-}
-DRAWS = 1500
-
-
-def test_every_random_distribution_matches_wandbs_in_support_type_and_law(tmp_path):
-    """Two-sample Kolmogorov-Smirnov per distribution (both sides seeded, so the test is deterministic)."""
-    sweeps = _w_and_b_sweeps()
-    from scipy import stats
-
-    config = {"program": "reproduce.train", "method": "random", "run_cap": DRAWS, "command": ["${args}"],
-              "parameters": {f"p_{d}": {"distribution": d, **s} for d, s in DISTRIBUTIONS.items()}}
-    # run_cap is W&B's (its server and launch scheduler read it), newer than this package's schema;
-    # the exponent forms get a note, not an error
-    violations = sweeps.schema_violations_from_proposed_config({k: v for k, v in config.items() if k != "run_cap"})
-    assert [v for v in violations if "min/max specify base-e exponents" not in v] == []
-    path = tmp_path / "all_distributions.yaml"
-    path.write_text(yaml.safe_dump(config))
-    ours = sw.expand(sw.load_sweep(path), seed=0)
-    random.seed(0)
-    theirs = [{k: v["value"] for k, v in run.config.items()} for run in sweeps.next_runs(config, [], n=DRAWS)]
-    for dist, settings in DISTRIBUTIONS.items():
-        a = [p[f"p_{dist}"] for p in ours]
-        b = [p[f"p_{dist}"] for p in theirs]
-        assert {_kind(x) for x in a} == {_kind(x) for x in b}, f"{dist}: value types differ"
-        if "values" in settings or "value" in settings:
-            assert set(a) == set(b) <= set(settings.get("values", [settings.get("value")])), dist
-        if "q" in settings:
-            assert all(math.isclose(x / settings["q"], round(x / settings["q"]), abs_tol=1e-9) for x in a + b), dist
-        if dist in ("uniform", "log_uniform_values", "int_uniform"):
-            assert settings["min"] <= min(a) and max(a) <= settings["max"], dist
-        if dist != "constant":
-            p = stats.ks_2samp(a, b).pvalue
-            assert p > 1e-3, f"{dist}: our draws and W&B's differ in law (KS p = {p:.1e})"
-
-
-def _kind(x) -> str:
-    import numbers
-
-    if isinstance(x, bool):
-        return "bool"
-    if isinstance(x, numbers.Integral):
-        return "int"
-    if isinstance(x, numbers.Real):
-        return "float"
-    return type(x).__name__

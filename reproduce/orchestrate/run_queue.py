@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightning_modules.errors import UserError
-
-RESULT_FILE = "result.json"
+from lightning_modules.run_dir import RESULT_FILE, is_finished
 
 
 @dataclass
@@ -25,12 +24,14 @@ class Job:
     name: str
     cmd: list[str]
     run_dir: Path
-    expected_minutes: float = 1.0  # on the 2-core reference machine; only for the ETA
+    # on the 2-core reference machine, only for the ETA; None: no estimate (a sweep over a config
+    # that no profile runs), left out of the ETA rather than guessed
+    expected_minutes: float | None = None
     waits_for: list[Path] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / RESULT_FILE).exists()
+        return is_finished(self.run_dir)
 
     @property
     def log(self) -> Path:
@@ -39,6 +40,15 @@ class Job:
 
 def _fmt(minutes: float) -> str:
     return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{minutes:.0f} min" if minutes >= 1 else "<1 min"
+
+
+def _expected(jobs: list[Job]) -> float:
+    return sum(j.expected_minutes or 0.0 for j in jobs)
+
+
+def _unestimated(jobs: list[Job]) -> str:
+    n = sum(j.expected_minutes is None for j in jobs)
+    return f" + {n} run(s) without an estimate" if n else ""
 
 
 def run_jobs(jobs: list[Job], workers: int = 1, label: str = "runs", poll_s: float = 0.5) -> list[Job]:
@@ -50,7 +60,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, label: str = "runs", poll_s: flo
         raise UserError(f"--workers must be >= 1, got {workers}")
     todo = [j for j in jobs if not j.finished]
     print(f"== {label}: {len(jobs)} runs, {len(jobs) - len(todo)} finished, {len(todo)} to run "
-          f"(about {_fmt(sum(j.expected_minutes for j in todo) / workers)} on 2 CPU cores)", file=sys.stderr)
+          f"(about {_fmt(_expected(todo) / workers)}{_unestimated(todo)} on 2 CPU cores)", file=sys.stderr)
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     env = {**os.environ}
     if workers > 1:
@@ -62,11 +72,10 @@ def run_jobs(jobs: list[Job], workers: int = 1, label: str = "runs", poll_s: flo
 
     def progress(event: str) -> None:
         left = [j for j in todo if j not in done and j not in failed]
-        expected_left = sum(j.expected_minutes for j in left)
         # scale the reference estimate by how fast this machine has been so far
         pace = (time.time() - started) / 60 / expected_done if expected_done else 1.0
         print(f"[{len(done)} done / {len(running)} running / {len(left) - len(running)} waiting] {event}; "
-              f"ETA {_fmt(expected_left * pace / workers)}", file=sys.stderr)
+              f"ETA {_fmt(_expected(left) * pace / workers)}{_unestimated(left)}", file=sys.stderr)
 
     produced = [j.run_dir / RESULT_FILE for j in jobs]
     for job in todo:
@@ -101,7 +110,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, label: str = "runs", poll_s: flo
                 job, t0 = running.pop(proc)
                 if proc.returncode == 0 and job.finished:
                     done.append(job)
-                    expected_done += job.expected_minutes
+                    expected_done += job.expected_minutes or 0.0
                     progress(f"{job.name}: finished in {_fmt((time.time() - t0) / 60)}")
                 else:
                     failed.append(job)

@@ -1,80 +1,70 @@
 """Run a W&B sweep file locally: `python -m reproduce sweep sweeps/<file>.yaml [--workers N]`.
 
 The same YAML drives a W&B agent on a cluster (sweeps/README.md). Here, without a W&B server:
-  1. the file is checked against the W&B sweep schema (the keys and parameter forms W&B accepts)
-     and against the training command (`--print_config` of the first run: every key must exist);
-  2. `grid` and `random` are expanded as the W&B controller does: grid = every combination of
-     the parameters sorted by name, in the order their values are listed; random = draws from
-     the same distributions, seeded (--seed), `run_cap` (or --run_cap) of them;
-  3. each run's command is built as the agent builds it, `${env} ${interpreter} ... ${args}`
-     with `${args}` = `--name=value` for every parameter, sorted by name, value as Python's str()
-     (the one difference: ${interpreter} is this Python, so the suite's venv runs it); the runner
-     adds `--run_dir=results/sweeps/<file stem>/<run name>`, the run name being made of the
-     swept values, so a re-invocation finds the same dirs;
+  1. the file is checked by W&B's own sweep schema (the `sweeps` package, W&B's controller code),
+     then for what this suite adds: `${args}` in the command, the pruning methods, and the training
+     command's own parser (`--print_config` of the first run: every key must exist);
+  2. the runs are the ones W&B's controller proposes (the `sweeps` package's `next_runs`): grid =
+     every combination, in the controller's order; random = its draws, seeded here (--seed) so that
+     a re-invocation draws the same runs, `run_cap` (or --run_cap) of them;
+  3. each run's command is built by the W&B agent's own code (wandb's sweep command utilities):
+     `${env} ${interpreter} ... ${args}` with `${args}` = `--name=value` per parameter (the one
+     difference: ${interpreter} is this Python, so the suite's venv runs it); the runner adds
+     `--run_dir=results/sweeps/<file stem>/<run name>`, the run name made of the swept values, so
+     that a re-invocation finds the same dirs;
   4. the runs go through reproduce.orchestrate.run_queue: finished ones (result.json) are skipped,
-     unfinished ones resume from their last checkpoint, N side by side, W&B offline;
+     unfinished ones resume from their last checkpoint, N side by side, W&B offline; the ETA is the
+     minutes the profiles (reproduce/profiles/) give a run of the same config;
   5. the sweep's table and plots are written into results/sweeps/<file stem>/.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
-import math
 import os
 import random
 import re
 import signal
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from lightning_modules.errors import UserError
 
 from ..report.report import write_report
 from ..report.runs import dataset_of
+from .profiles import minutes_for_config
 from .run_queue import Job, run_jobs
 
-# Top-level keys of the W&B sweep schema (it forbids any other).
-SWEEP_KEYS = {"program", "method", "parameters", "metric", "command", "name", "description", "project", "entity",
-              "run_cap", "early_terminate", "controller", "apiVersion", "kind", "job", "image_uri", "metrics",
-              "scheduler"}
-# distribution -> (required keys, optional keys with W&B's defaults)
-DISTRIBUTIONS = {
-    "constant": ({"value"}, {}),
-    "categorical": ({"values"}, {}),
-    "categorical_w_probabilities": ({"values", "probabilities"}, {}),
-    "int_uniform": ({"min", "max"}, {}),
-    "uniform": ({"min", "max"}, {}),
-    "q_uniform": ({"min", "max"}, {"q": 1.0}),
-    "log_uniform": ({"min", "max"}, {}),  # min/max are exponents: exp(U(min, max))
-    "log_uniform_values": ({"min", "max"}, {}),
-    "q_log_uniform": ({"min", "max"}, {"q": 1.0}),
-    "q_log_uniform_values": ({"min", "max"}, {"q": 1.0}),
-    "inv_log_uniform": ({"min", "max"}, {}),
-    "inv_log_uniform_values": ({"min", "max"}, {}),
-    "normal": (set(), {"mu": 0.0, "sigma": 1.0}),
-    "q_normal": (set(), {"mu": 0.0, "sigma": 1.0, "q": 1.0}),
-    "log_normal": (set(), {"mu": 0.0, "sigma": 1.0}),
-    "q_log_normal": (set(), {"mu": 0.0, "sigma": 1.0, "q": 1.0}),
-    "beta": (set(), {"a": 1.0, "b": 1.0}),
-    "q_beta": (set(), {"a": 1.0, "b": 1.0, "q": 1.0}),
-}
-# W&B's grid takes finite lists only; int_uniform and q_uniform it turns into lists itself
-GRID_DISTRIBUTIONS = {"constant", "categorical", "int_uniform", "q_uniform"}
-PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+# W&B's server and launch scheduler read run_cap (wandb/sdk/launch/sweeps/scheduler.py), but the
+# `sweeps` package's schema predates it and refuses it: checked here, left out of what the package sees
+LOCAL_KEYS = ("run_cap",)
+# the training command reads --name=value, which is ${args}; the agent's other argument forms
+# (${args_json}, ${args_no_hyphens}, ...) would reach it as text it cannot parse
+MACROS = ("env", "interpreter", "program", "args")
 MACRO = re.compile(r"^\$\{(\w+)\}$")
-ENVVAR = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")
-DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # the agent's, when none is given
+NUMERIC_KEYS = ("min", "max", "q", "mu", "sigma", "a", "b")
 PARAM_HINT = "write each parameter as {value: x}, {values: [...]} or {distribution: ..., min: ..., max: ...}"
+
+
+@lru_cache(maxsize=None)
+def _wandb_sweeps():
+    """W&B's controller package; its pydantic v1-style model warns on import under pydantic 2, harmlessly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sweeps.grid_search import yaml_hash  # noqa: F401 (imported here, inside the filter)
+
+        import sweeps
+    return sweeps
 
 
 @dataclass(frozen=True)
 class Sweep:
     path: Path
     config: dict
-    params: dict[str, tuple[str, dict]]  # name -> (distribution, its settings with defaults filled in)
 
     @property
     def name(self) -> str:
@@ -82,13 +72,29 @@ class Sweep:
 
     @property
     def swept(self) -> list[str]:
-        return [n for n in sorted(self.params) if self.params[n][0] != "constant"]
+        """The parameters that vary (not constants), sorted by name as the controller sorts them."""
+        _wandb_sweeps()
+        from sweeps.params import HyperParameter, HyperParameterSet
+
+        params = HyperParameterSet.from_config(self.config["parameters"])
+        return sorted(p.name for p in params if p.type != HyperParameter.CONSTANT)
+
+    @property
+    def config_file(self) -> str | None:
+        """The training config the command names (--config=X or --config X), if any."""
+        command = [str(c) for c in self.config.get("command") or []]
+        for i, chunk in enumerate(command):
+            if chunk.startswith("--config="):
+                return chunk.removeprefix("--config=")
+            if chunk == "--config" and i + 1 < len(command):
+                return command[i + 1]
+        return None
 
 
 # ---------------------------------------------------------------- loading and checking the file
 
 def load_sweep(path: str | Path) -> Sweep:
-    """Parse and check a sweep file; every problem is one UserError line naming the file and the key."""
+    """Parse and check a sweep file; every problem is one UserError line naming the file (and the key)."""
     import yaml
 
     path = Path(path)
@@ -103,96 +109,82 @@ def load_sweep(path: str | Path) -> Sweep:
     if not isinstance(config, dict):
         raise UserError(f"{path}: a sweep file is a mapping (method, parameters, command, ...), got "
                         f"{type(config).__name__}")
-    unknown = sorted(set(config) - SWEEP_KEYS)
-    if unknown:
-        allowed = ", ".join(sorted(SWEEP_KEYS))
-        raise UserError(f"{path}: unknown key {unknown[0]!r}; a W&B sweep file has only {allowed}")
     method = config.get("method")
     if method in ("bayes", "custom"):
         raise UserError(f"{path}: method {method} needs the W&B server (it models the finished runs); run it with "
                         "`wandb sweep` + `wandb agent` (sweeps/README.md) or use grid or random locally")
-    if method not in ("grid", "random"):
-        raise UserError(f"{path}: method must be grid or random (W&B also knows bayes), got {method!r}")
-    raw = config.get("parameters")
-    if not isinstance(raw, dict) or not raw:
-        raise UserError(f"{path}: `parameters` must map each parameter name to its values; {PARAM_HINT}")
-    params = {name: _check_param(path, name, spec, method) for name, spec in raw.items()}
-    if "run_cap" in config and (not isinstance(config["run_cap"], int) or config["run_cap"] < 1):
-        raise UserError(f"{path}: run_cap must be a positive integer, got {config['run_cap']!r}")
-    _check_metric(path, config.get("metric"))
+    _check_before_the_schema(path, config)
+    _check_schema(path, config)
     _check_command(path, config)
-    sweep = Sweep(path, config, params)
+    sweep = Sweep(path, config)
     _check_methods(sweep)
     return sweep
 
 
-def _check_param(path: Path, name: str, spec, method: str) -> tuple[str, dict]:
-    where = f"{path}: parameter {name}"
-    if not isinstance(name, str) or not PARAM_NAME.match(name):
-        raise UserError(f"{where}: not a valid parameter name (letters, digits, _ . -)")
-    if not isinstance(spec, dict):
-        raise UserError(f"{where}: got {spec!r}; {PARAM_HINT}")
-    if "parameters" in spec:
-        raise UserError(f"{where}: nested parameters are not used by this suite; name the key in full, e.g. model.x")
-    dist = spec.get("distribution")
-    if dist is None:  # W&B infers it from the keys present
-        if "value" in spec:
-            dist = "constant"
-        elif "values" in spec:
-            dist = "categorical_w_probabilities" if "probabilities" in spec else "categorical"
-        elif {"min", "max"} <= set(spec):
-            ints = all(isinstance(spec[k], int) and not isinstance(spec[k], bool) for k in ("min", "max"))
-            dist = "int_uniform" if ints else "uniform"
-        else:
+def _check_before_the_schema(path: Path, config: dict) -> None:
+    """What the package gets wrong or does not say clearly (each case: why)."""
+    if "run_cap" in config and (not isinstance(config["run_cap"], int) or isinstance(config["run_cap"], bool)
+                                or config["run_cap"] < 1):
+        raise UserError(f"{path}: run_cap must be a positive integer, got {config['run_cap']!r}")
+    params = config.get("parameters")
+    if not isinstance(params, dict):
+        return  # the schema says what is wrong
+    for name, spec in params.items():
+        where = f"{path}: parameter {name}"
+        if not isinstance(spec, dict):  # the package raises a bare ValueError without saying what is expected
             raise UserError(f"{where}: got {spec!r}; {PARAM_HINT}")
-    if dist not in DISTRIBUTIONS:
-        raise UserError(f"{where}: unknown distribution {dist!r}; W&B knows {', '.join(DISTRIBUTIONS)}")
-    required, defaults = DISTRIBUTIONS[dist]
-    missing = sorted(required - set(spec))
-    extra = sorted(set(spec) - required - set(defaults) - {"distribution"})
-    if missing or extra:
-        problem = f"needs {', '.join(missing)}" if missing else f"does not take {', '.join(extra)}"
-        raise UserError(f"{where}: distribution {dist} {problem}")
-    settings = {**defaults, **{k: v for k, v in spec.items() if k != "distribution"}}
-    for key in ("min", "max", "q", "mu", "sigma", "a", "b"):
-        value = settings.get(key)
-        if key in settings and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            hint = " (YAML reads 1e-8 as text: write 1.0e-8)" if isinstance(value, str) else ""
-            raise UserError(f"{where}: {key} must be a number, got {value!r}{hint}")
-    if dist == "int_uniform" and not all(isinstance(settings[k], int) for k in ("min", "max")):
-        raise UserError(f"{where}: int_uniform needs integer min and max")
-    if "min" in settings and settings["min"] >= settings["max"]:
-        raise UserError(f"{where}: min {settings['min']} must be below max {settings['max']}")
-    if dist.endswith("log_uniform_values") and settings["min"] <= 0:
-        raise UserError(f"{where}: {dist} needs min > 0, got {settings['min']}")
-    if "values" in settings and (not isinstance(settings["values"], list) or not settings["values"]):
-        raise UserError(f"{where}: values must be a non-empty list, got {settings['values']!r}")
-    if dist == "categorical_w_probabilities" and len(settings["probabilities"]) != len(settings["values"]):
-        raise UserError(f"{where}: probabilities needs one number per value")
-    if method == "grid" and dist == "categorical_w_probabilities":
-        raise UserError(f"{where}: grid takes no probabilities (W&B refuses them too); drop them or use method: random")
-    if method == "grid" and dist not in GRID_DISTRIBUTIONS:
-        raise UserError(f"{where}: grid needs a finite list, not a continuous {dist} range (W&B refuses it too); "
-                        "list the points with values: [...] or use method: random")
-    return dist, settings
+        if "parameters" in spec:  # the agent would pass a nested dict as one --name={...} argument
+            raise UserError(f"{where}: nested parameters are not used by this suite; name the key in full, "
+                            "e.g. model.x")
+        for key in NUMERIC_KEYS:  # the package compares min with max and crashes with a TypeError on text
+            value = spec.get(key)
+            if isinstance(value, str):
+                raise UserError(f"{where}: {key} must be a number, got {value!r} (YAML reads 1e-8 as text: "
+                                "write 1.0e-8)")
 
 
-def _check_metric(path: Path, metric) -> None:
-    if metric is None:
-        return
-    if not isinstance(metric, dict) or not isinstance(metric.get("name"), str):
-        raise UserError(f"{path}: metric must be {{name: <logged metric>, goal: minimize|maximize}}, got {metric!r}")
-    if metric.get("goal", "minimize") not in ("minimize", "maximize"):
-        raise UserError(f"{path}: metric.goal must be minimize or maximize, got {metric.get('goal')!r}")
+def _check_schema(path: Path, config: dict) -> None:
+    """W&B's schema (the `sweeps` package); for grid, the package's own refusal of continuous ranges."""
+    sweeps = _wandb_sweeps()
+    from sweeps.params import PARAM_DEPRECATION_MAP
+
+    package_config = _package_config(config)
+    try:
+        violations = sweeps.schema_violations_from_proposed_config(package_config)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: {e}; {PARAM_HINT}") from None
+    # log_uniform & co. (min/max as exponents) are deprecated, not refused by W&B's server: a note
+    notes = {v for v in violations if v.endswith(tuple(PARAM_DEPRECATION_MAP.values()))}
+    errors = list(dict.fromkeys(v for v in violations if v not in notes))  # the package repeats some
+    if errors:
+        hint = f"; {PARAM_HINT}" if any("hyperparameter" in e for e in errors) else ""
+        raise UserError(f"{path}: {'; '.join(errors)}{hint}")
+    for note in sorted(notes):
+        print(f"note: {path}: {note}", file=sys.stderr)
+    if config["method"] == "grid":
+        try:  # the package refuses grids over continuous ranges and probabilities when it expands them
+            sweeps.next_runs(package_config, [], validate=False, n=1)
+        except ValueError as e:
+            raise UserError(f"{path}: {e}; list the points with values: [...] or use method: random") from None
+
+
+def _package_config(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in LOCAL_KEYS}
 
 
 def _check_command(path: Path, config: dict) -> None:
-    command = config.get("command", DEFAULT_COMMAND)
-    if not isinstance(command, list) or not all(isinstance(c, (str, int, float)) for c in command):
+    """The package only checks that command is a list; the local runner and the agent fill it in."""
+    command = config.get("command")
+    if command is None:  # the agent's default, ${env} ${interpreter} ${program} ${args}
+        if not isinstance(config.get("program"), str):
+            raise UserError(f"{path}: without command:, the agent runs ${{program}}: set program: (a script) or "
+                            "give the command, e.g. [${env}, ${interpreter}, -m, ${program}, ${args}]")
+        return
+    if not all(isinstance(c, (str, int, float)) for c in command):
         raise UserError(f"{path}: command must be a list of strings, e.g. [${{env}}, ${{interpreter}}, -m, "
                         "${program}, ${args}]")
     macros = [m.group(1) for c in command if (m := MACRO.match(str(c)))]
-    unsupported = [m for m in macros if m not in ("env", "interpreter", "program", "args")]
+    unsupported = [m for m in macros if m not in MACROS]
     if unsupported:
         raise UserError(f"{path}: command macro ${{{unsupported[0]}}} is not used by this suite: the training "
                         "command reads --name=value, which is ${args}")
@@ -207,115 +199,70 @@ def _check_methods(sweep: Sweep) -> None:
     """The pruning method is a plain string to the training command's parser: check it here."""
     from lightning_modules.pruning.pruning_methods import METHODS
 
-    if "model.method" not in sweep.params:
+    spec = sweep.config["parameters"].get("model.method")
+    if spec is None:
         return
-    dist, settings = sweep.params["model.method"]
-    for value in settings.get("values", [settings.get("value")]):
+    for value in spec.get("values", [spec.get("value")]):
         if value not in METHODS:
             raise UserError(f"{sweep.path}: parameter model.method: unknown method {value!r}; use one of "
                             f"{', '.join(METHODS)}")
 
 
-# ---------------------------------------------------------------- expansion, as the W&B controller
+# ---------------------------------------------------------------- the runs, as W&B's controller proposes them
 
 def expand(sweep: Sweep, seed: int = 0, run_cap: int | None = None) -> list[dict]:
-    """Every run's parameter values (constants included), in the order the controller proposes them."""
-    names = sorted(sweep.params)
+    """Every run's parameter values (constants included, sorted by name), in the controller's order."""
+    sweeps = _wandb_sweeps()
+    config = _package_config(sweep.config)
+    cap = run_cap or sweep.config.get("run_cap")
     if sweep.config["method"] == "grid":
-        lists = [_grid_values(*sweep.params[n]) for n in names]
-        points, seen = [], set()
-        for combo in itertools.product(*lists):
-            # W&B skips a combination it has seen (values compared by their YAML dump)
-            key = tuple(_value_key(v) for v in combo)
-            if key not in seen:
-                seen.add(key)
-                points.append(dict(zip(names, combo)))
-        cap = run_cap or sweep.config.get("run_cap")
-        return points[:cap] if cap else points
-    count = run_cap or sweep.config.get("run_cap")
-    if not count:
-        raise UserError(f"{sweep.path}: method random needs run_cap (W&B would draw forever); add run_cap: N to the "
-                        "file or pass --run_cap N")
-    rng = random.Random(seed)
-    return [{n: _draw(rng, *sweep.params[n]) for n in names} for _ in range(count)]
+        # the controller proposes runs until the grid is done (a None), so n is only the cap
+        runs = sweeps.next_runs(config, [], validate=False, n=cap or sys.maxsize)
+    else:
+        if not cap:
+            raise UserError(f"{sweep.path}: method random needs run_cap (W&B would draw forever); add run_cap: N "
+                            "to the file or pass --run_cap N")
+        # the package draws from the global `random` module, unseeded; seeded here (and the state put
+        # back) so that a re-invocation draws the same runs and finds their run dirs
+        state = random.getstate()
+        random.seed(seed)
+        try:
+            runs = sweeps.next_runs(config, [], validate=False, n=cap)
+        finally:
+            random.setstate(state)
+    return [{name: _plain(spec["value"]) for name, spec in run.config.items()} for run in runs if run is not None]
 
 
-def _grid_values(dist: str, s: dict) -> list:
-    if dist == "constant":
-        return [s["value"]]
-    if dist == "int_uniform":
-        return list(range(s["min"], s["max"] + 1))
-    if dist == "q_uniform":  # numpy's arange, as W&B: max itself excluded
-        import numpy as np
+def _plain(value):
+    """numpy scalars (the package's draws) as Python's: the server hands the agent JSON values, and the
+    commands and run names must be the agent's."""
+    import numpy as np
 
-        return np.arange(s["min"], s["max"], s["q"]).tolist()
-    return list(s["values"])
-
-
-def _value_key(value) -> str:
-    import yaml
-
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # W&B compares 3.0 and 3 as equal
-    return yaml.safe_dump(value, default_flow_style=True, sort_keys=True)
-
-
-def _quantize(x: float, q) -> float | int:
-    r = round(x / q) * q
-    return int(r) if isinstance(q, int) else r
-
-
-def _draw(rng: random.Random, dist: str, s: dict):
-    """One sample of a W&B distribution (same definitions; W&B's own draws differ, being unseeded)."""
-    if dist == "constant":
-        return s["value"]
-    if dist == "categorical":
-        return rng.choice(s["values"])
-    if dist == "categorical_w_probabilities":
-        return rng.choices(s["values"], weights=s["probabilities"])[0]
-    if dist == "int_uniform":
-        return rng.randint(s["min"], s["max"])
-    lo, hi = s.get("min"), s.get("max")
-    samplers = {
-        "uniform": lambda: rng.uniform(lo, hi),
-        "q_uniform": lambda: _quantize(rng.uniform(lo, hi), s["q"]),
-        "log_uniform": lambda: math.exp(rng.uniform(lo, hi)),
-        "log_uniform_values": lambda: math.exp(rng.uniform(math.log(lo), math.log(hi))),
-        "q_log_uniform": lambda: _quantize(math.exp(rng.uniform(lo, hi)), s["q"]),
-        "q_log_uniform_values": lambda: _quantize(math.exp(rng.uniform(math.log(lo), math.log(hi))), s["q"]),
-        "inv_log_uniform": lambda: math.exp(-rng.uniform(lo, hi)),
-        "inv_log_uniform_values": lambda: 1.0 / math.exp(rng.uniform(math.log(1 / hi), math.log(1 / lo))),
-        "normal": lambda: rng.gauss(s.get("mu"), s.get("sigma")),
-        "q_normal": lambda: _quantize(rng.gauss(s.get("mu"), s.get("sigma")), s.get("q")),
-        "log_normal": lambda: math.exp(rng.gauss(s.get("mu"), s.get("sigma"))),
-        "q_log_normal": lambda: _quantize(math.exp(rng.gauss(s.get("mu"), s.get("sigma"))), s.get("q")),
-        "beta": lambda: rng.betavariate(s.get("a"), s.get("b")),
-        "q_beta": lambda: _quantize(rng.betavariate(s.get("a"), s.get("b")), s.get("q")),
-    }
-    return samplers[dist]()
+    return value.tolist() if isinstance(value, (np.generic, np.ndarray)) else value
 
 
 # ---------------------------------------------------------------- commands and run names
 
 def build_command(sweep: Sweep, point: dict, interpreter: str = sys.executable) -> list[str]:
     """The command the W&B agent runs for these values (${interpreter}: this Python, not PATH's)."""
-    replacements = {
-        "env": ["/usr/bin/env"],
-        "interpreter": [interpreter],
-        "program": [str(sweep.config.get("program"))],
-        # the agent's `f"--{name}={value}"`, parameters sorted by name as the controller sends them
-        "args": [f"--{name}={point[name]}" for name in sorted(point)],
-    }
+    from wandb.sdk.launch.sweeps import utils as agent_utils  # what wandb/wandb_agent.py builds it with
+
+    template = agent_utils.create_sweep_command(  # ${envvar:NAME} filled in; it edits the list: a copy
+        [str(c) for c in sweep.config.get("command") or agent_utils.DEFAULT_SWEEP_COMMAND])
+    # `--name=value` per parameter, sorted by name as the controller sends them
+    values = agent_utils.create_sweep_command_args({"args": {n: {"value": point[n]} for n in sorted(point)}})
+    values.update(env=["/usr/bin/env"], interpreter=[interpreter], program=[str(sweep.config.get("program"))])
+    # the agent's own macro substitution (Agent._command_run), which wandb does not expose as a function
     command = []
-    for chunk in sweep.config.get("command", DEFAULT_COMMAND):
-        chunk = ENVVAR.sub(lambda m: os.environ.get(m.group(1), m.group(1)), str(chunk))
+    for chunk in template:
         macro = MACRO.match(chunk)
-        command += replacements[macro.group(1)] if macro else [chunk]
+        command += (values.get(macro.group(1)) or []) if macro else [chunk]
     return command
 
 
 def run_names(sweep: Sweep, points: list[dict]) -> list[str]:
-    """A folder name per run made of its swept values (readable, and the same at every invocation)."""
+    """A folder name per run made of its swept values (readable, and the same at every invocation).
+    W&B names runs on its server; the local runner needs names it can find again itself."""
     swept = sweep.swept
     labels = {n: _labels([p[n] for p in points]) for n in swept}
     names = []
@@ -331,6 +278,14 @@ def run_names(sweep: Sweep, points: list[dict]) -> list[str]:
         if names.count(name) > 1:
             raise UserError(f"{sweep.path}: two runs would share the run dir name {name!r}; make their values differ")
     return names
+
+
+def _value_key(value) -> str:
+    """Two values get one label when the controller takes them for one (its grid tells values apart so)."""
+    _wandb_sweeps()
+    from sweeps.grid_search import yaml_hash
+
+    return yaml_hash(value)
 
 
 def _labels(values: list) -> dict[str, str]:
@@ -351,15 +306,10 @@ def _sanitize(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
 
 
-def expected_minutes(sweep: Sweep) -> float:
-    """The CPU minutes per run that the file's header states (the ETA until a run has finished)."""
-    for line in sweep.path.read_text().splitlines():
-        if not line.startswith("#"):
-            break
-        m = re.search(r"Time per run:.*?CPU\D*?([\d.]+)\s*(min|h)", line)
-        if m:
-            return float(m.group(1)) * (60 if m.group(2) == "h" else 1)
-    return 1.0
+def expected_minutes(sweep: Sweep) -> float | None:
+    """Minutes per run on the 2-core reference machine: the profiles' for the same config (the data
+    every ETA of this suite comes from); None when no profile runs the config."""
+    return minutes_for_config(sweep.config_file) if sweep.config_file else None
 
 
 def sweep_jobs(sweep: Sweep, points: list[dict], sweep_dir: Path) -> list[Job]:
@@ -376,7 +326,7 @@ def sweep_jobs(sweep: Sweep, points: list[dict], sweep_dir: Path) -> list[Job]:
 # ---------------------------------------------------------------- checks that need the training command
 
 def check_inputs_exist(sweep: Sweep, jobs: list[Job]) -> None:
-    """Direct design reads other runs' result.json: they must exist before this sweep starts."""
+    """Direct design reads other runs' results: they must exist before this sweep starts."""
     for job in jobs:
         for need in job.waits_for:
             if not need.exists():
@@ -394,7 +344,8 @@ def check_with_training_command(sweep: Sweep, job: Job) -> None:
     lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
     message = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1] if lines else "")
     message = message.removeprefix("error:").strip()
-    named = [n for n in sweep.params if f"--{n}=" in message or f'"{n}"' in message or f"'{n}'" in message]
+    params = sweep.config["parameters"]
+    named = [n for n in params if f"--{n}=" in message or f'"{n}"' in message or f"'{n}'" in message]
     key = f" (parameter {named[0]})" if named else ""
     raise UserError(f"{sweep.path}: the training command rejects the first run{key}: {message}; fix the sweep file")
 
