@@ -157,19 +157,26 @@ if [ $rc != 0 ] && [ "$DRY" != 1 ]; then IMPL=fused; say "graph-mode numbers unc
 timeout "$PROBE_S" $NICE $PY reproduce/measure/gpu/probe.py probe --scale "$([ "$KIND" = large ] && echo large || echo medium)" --out "$R/probe.json" "${PROBE[@]}" > "$R/probe.log" 2>&1
 say "probe rc=$?"
 grep -E "packed|one epoch" "$R/probe.log" >> "$LOG"
+# the runs, in the paper profile's order (reproduce/profiles/ptb.yaml: each experiment defined once):
+# medium: dense, L0 lambda 1, ISS lambda 1, L0 lambda 2, ISS lambda 2, magnitude, direct; large: dense,
+# L0, ISS (its fine-tuning and direct design wait for other runs: not in a window)
+NAMES=(); CONFIGS=(); OVERRIDES=()
+while IFS=$'\t' read -r name config overrides; do
+  NAMES+=("$name"); CONFIGS+=("$config"); OVERRIDES+=("$overrides")
+done < <($PY - "$KIND" <<'PYEOF'
+import sys
+from reproduce.orchestrate.profiles import PROFILES
+for run in PROFILES["ptb"]["paper"].runs:
+    if run.name.startswith(sys.argv[1] + "_") and not run.depends_on() and not run.init_from and not run.sizes_from:
+        print(run.name, run.config, " ".join(run.overrides), sep="\t")
+PYEOF
+)
 if [ "$KIND" = large ]; then
-  NAMES=(large_dense large_l0 large_iss)
-  CONFIGS=(ptb_large_dense.yaml ptb_large_l0.yaml ptb_large_group_lasso.yaml)
-  OVERRIDES=("" "" "")
   PLAN_ARGS=(--max-runs 3 --steps-per-run $(( STEPS_PER_RUN > 0 ? STEPS_PER_RUN : 55 * 1327 )) --epochs 55)
 else
-  # the window's order: what the comparison needs most first
-  NAMES=(medium_dense medium_l0 medium_iss medium_l0_lambda1e-7 medium_iss_lambda1.4e-4 medium_magnitude medium_direct)
-  CONFIGS=(ptb_medium_dense.yaml ptb_medium_l0.yaml ptb_medium_group_lasso.yaml ptb_medium_l0.yaml
-           ptb_medium_group_lasso.yaml ptb_medium_magnitude.yaml ptb_medium_direct.yaml)
-  OVERRIDES=("" "" "" "--model.reg_lambda=1e-7" "--model.reg_lambda=1.4e-4" "" "")
-  PLAN_ARGS=(--max-runs 7 --steps-per-run $(( STEPS_PER_RUN > 0 ? STEPS_PER_RUN : 39 * 1327 )) --epochs 39)
+  PLAN_ARGS=(--max-runs ${#NAMES[@]} --steps-per-run $(( STEPS_PER_RUN > 0 ? STEPS_PER_RUN : 39 * 1327 )) --epochs 39)
 fi
+say "runs of the paper profile for this plan: ${NAMES[*]}"
 PLAN=$($PY reproduce/measure/gpu/probe.py plan "$R/probe.json" --seconds $(( DEADLINE - $(el) )) "${PLAN_ARGS[@]}" 2>> "$LOG")
 eval "$PLAN"  # RUNS=, TF32=, PREDICTED_S=
 if [ -z "${RUNS:-}" ]; then RUNS=4; TF32=0; say "no plan (probe failed): 4 runs in fp32"; fi
