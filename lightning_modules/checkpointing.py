@@ -21,9 +21,9 @@ import lightning as L
 import torch
 
 from .errors import UserError
-
-LAST = "last.ckpt"  # ModelCheckpoint's, at epoch ends
-STEP = "step.ckpt"  # this module's, every N steps and on a signal
+from .run_dir import CHECKPOINT_GLOB
+from .run_dir import LAST_CHECKPOINT as LAST  # ModelCheckpoint's, at epoch ends
+from .run_dir import STEP_CHECKPOINT as STEP  # this module's, every N steps and on a signal
 
 
 class Preempted(Exception):
@@ -168,7 +168,7 @@ def pick_checkpoint(checkpoint_dir: Path, explicit: str | None) -> str | None:
             raise UserError(f"checkpoint {path} is unreadable ({why}); give another --ckpt_path")
         return str(path)
     # newest first: every writer renames a finished file into place, so mtime orders them
-    candidates = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = sorted(checkpoint_dir.glob(CHECKPOINT_GLOB), key=lambda p: p.stat().st_mtime, reverse=True)
     if explicit == "last" and not candidates:
         raise UserError(f"--ckpt_path last: {checkpoint_dir / LAST} does not exist yet")
     if not candidates:

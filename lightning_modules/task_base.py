@@ -32,7 +32,6 @@ class PrunedTask(L.LightningModule):
         self,
         method: Literal["none", "l0", "group_lasso", "lasso", "magnitude"] = "l0",
         reg_lambda: float = 0.0,
-        l0_penalty: Literal["weights", "neurons"] = "weights",
         zero_threshold: float | None = None,
         structured: bool = True,
         target_sparsity: float | None = None,
@@ -60,7 +59,6 @@ class PrunedTask(L.LightningModule):
             reg_lambda: penalty strength per unit of loss (per token for the LM, per question
                 for SQuAD): per expected non-zero weight (l0), per unit of group norm
                 (group_lasso) or of |w| (lasso).
-            l0_penalty: weights: the expected number of non-zero LSTM weights; neurons: of open gates.
             zero_threshold: group_lasso/lasso zero every weight below it after each step
                 (default: the iss-rnns rule, 1e-4 for group_lasso and
                 max(1e-4, 2 * reg_lambda * loss steps) for lasso; see pruning_methods.py).
@@ -116,8 +114,8 @@ class PrunedTask(L.LightningModule):
 
     def build_pruning(self, model: nn.Module, **overrides) -> PruningMethod:
         hp = self.hparams
-        args = {"reg_lambda": hp.reg_lambda, "l0_penalty": hp.l0_penalty, "zero_threshold": hp.zero_threshold,
-                "input_groups": False, "structured": hp.structured, "target_sparsity": hp.target_sparsity,
+        args = {"reg_lambda": hp.reg_lambda, "zero_threshold": hp.zero_threshold,
+                "structured": hp.structured, "target_sparsity": hp.target_sparsity,
                 "target_neurons": hp.target_neurons, "prune_begin_step": hp.prune_begin_step,
                 "prune_end_step": hp.prune_end_step, "prune_every": hp.prune_every,
                 "gates_freeze_epoch": hp.gates_freeze_epoch, **overrides}

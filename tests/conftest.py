@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_PTB = REPO.parent / "shared" / "data" / "ptb"
 
 # No test may reach the network: the Hub is unreachable here and W&B stays local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

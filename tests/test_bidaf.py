@@ -13,7 +13,7 @@ from lightning_modules.squad.squad_export import compare_latency, export_bidaf, 
 
 WORDS, CHARS = 40, 25
 SMALL = {"word_dim": 6, "char_dim": 4, "char_channels": 5, "char_kernel": 3, "hidden_size": 7}
-PRUNING_DEFAULTS = {"reg_lambda": 0.0, "l0_penalty": "weights", "zero_threshold": None, "input_groups": False,
+PRUNING_DEFAULTS = {"reg_lambda": 0.0, "zero_threshold": None,
                     "structured": True, "target_sparsity": None, "target_neurons": None,
                     "prune_begin_step": 0, "prune_end_step": 10, "prune_every": 2}
 
@@ -255,8 +255,6 @@ def test_group_lasso_thresholding_and_structured_magnitude_on_bidaf(tmp_path):
                 p.add_(0.01)
         magnitude.after_optimizer_step(model, step, 1)
     _check_export(model, tmp_path, expect_hidden=[7, 7, *targets])
-    with pytest.raises(UserError, match="input_groups"):
-        _pruning("group_lasso", model, reg_lambda=1e-3, input_groups=True)
 
 
 def test_latency_check_times_both_models_on_every_question():

@@ -12,15 +12,15 @@ from lightning_modules.lm.lm_task import LanguageModelTask
 from lightning_modules.pruning.pruning_methods import build_pruning_method, prunable_units
 from lightning_modules.pruning.structured_sparsity import (
     group_lasso_penalty,
+    lm_units,
     lstm_weight_matrices,
     scheduled_neuron_count,
     unit_group_norms,
 )
 
 VOCAB = [f"w{i}" for i in range(30)]
-DEFAULTS = {"reg_lambda": 0.0, "l0_penalty": "weights", "zero_threshold": None, "input_groups": False,
-            "structured": True, "target_sparsity": None, "target_neurons": None,
-            "prune_begin_step": 0, "prune_end_step": 10, "prune_every": 2}
+DEFAULTS = {"reg_lambda": 0.0, "zero_threshold": None, "structured": True, "target_sparsity": None,
+            "target_neurons": None, "prune_begin_step": 0, "prune_end_step": 10, "prune_every": 2}
 
 
 def _model(gated=False, seed=0):
@@ -35,7 +35,7 @@ def _method(name, model, **kw):
 def test_group_lasso_penalty_and_thresholding():
     model = _model()
     method = _method("group_lasso", model, reg_lambda=1e-3, zero_threshold=0.05)
-    expected = 1e-3 * group_lasso_penalty(list(model.rnn.layers), model.decoder.weight)
+    expected = 1e-3 * group_lasso_penalty(lm_units(list(model.rnn.layers), model.decoder.weight))
     assert torch.allclose(method.penalty(model), expected)
     method.after_optimizer_step(model, step=1, num_steps=20)
     for t in method.thresholded_tensors(model):
@@ -46,13 +46,28 @@ def test_group_lasso_penalty_and_thresholding():
     assert _method("group_lasso", model, reg_lambda=1e-7).threshold_for(num_steps=35) == 1e-4
     assert _method("lasso", model, reg_lambda=1e-4).threshold_for(num_steps=35) == pytest.approx(7e-3)
     assert _method("lasso", model, reg_lambda=1e-7).threshold_for(num_steps=35) == 1e-4
-    # weights only, as iss-rnns: its groups hold no biases
+    # weights only, as iss-rnns: its groups hold no biases; the embedding is in no group
     assert all(t.dim() == 2 for t in method.thresholded_tensors(model))
-    # input groups (the language model only): embedding column i with the first layer's weight_ih column i
-    with_inputs = _method("group_lasso", model, reg_lambda=1e-3, input_groups=True)
-    expected = 1e-3 * group_lasso_penalty(list(model.rnn.layers), model.decoder.weight, model.embedding.weight)
-    assert torch.allclose(with_inputs.penalty(model), expected)
-    assert any(t is model.embedding.weight for t in with_inputs.thresholded_tensors(model))
+    assert not any(t is model.embedding.weight for t in method.thresholded_tensors(model))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_group_lasso_penalty_is_bit_for_bit_what_the_method_computed_before(cell):
+    """GroupLasso.penalty now calls structured_sparsity.group_lasso_penalty; before, it summed the
+    units' group norms itself. The same operations in the same order: equal to the last bit, and
+    so are the gradients the training step takes from it."""
+    torch.manual_seed(3)
+    model = LSTMLanguageModel(len(VOCAB), 10, [12, 9], gated=False, cell=cell)
+    with torch.no_grad():
+        model.rnn.layers[0].weight_hh_l0[:, 4] = 0  # an all-zero column: the norm's subgradient path too
+    method = _method("group_lasso", model, reg_lambda=3e-4)
+    new = method.penalty(model)
+    new_grads = torch.autograd.grad(new, list(model.parameters()), allow_unused=True)
+    old = 3e-4 * sum(norms.sum() for norms in unit_group_norms(prunable_units(model)))
+    old_grads = torch.autograd.grad(old, list(model.parameters()), allow_unused=True)
+    assert new.dtype == old.dtype and torch.equal(new, old)
+    for n, o in zip(new_grads, old_grads, strict=True):
+        assert (n is None and o is None) or torch.equal(n, o)
 
 
 def test_lasso_thresholds_only_lstm_weights():

@@ -17,6 +17,8 @@ from reproduce.report.records import (
     default_destination,
     parse_block_args,
     readme_blocks,
+    relative_path,
+    relative_paths,
     render_block,
 )
 from reproduce.report.table_command import DOCUMENTS_WITH_TABLES
@@ -137,6 +139,69 @@ def test_record_a_profile_takes_its_finished_runs(profile_dir, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "not recorded (unfinished, no result.json): l0_ft" in err
     assert default_destination("ptb", "small") == REPO / "reproduce" / "measured" / "ptb_small"
+
+
+def test_record_writes_paths_relative_and_nothing_else_changes(profile_dir, tmp_path):
+    """A run trained with absolute paths (its --run_dir, config, sizes source, speed.json's folders)
+    is recorded with them relative: the record reads the same on any machine."""
+    run = profile_dir / "direct"
+    res = json.loads((run / "result.json").read_text())
+    config = REPO / "reproduce" / "configs" / "ptb_small_direct.yaml"
+    res.update(config_path=str(config), export_path="export",
+               command=f"python -m reproduce.train --config {config} --run_dir {run} "
+                       f"--model.sizes_from={profile_dir / 'l0' / 'result.json'}")
+    res["model_hparams"]["sizes_from"] = str(profile_dir / "l0" / "result.json")
+    (run / "result.json").write_text(json.dumps(res, indent=2))
+    (run / "config.yaml").write_text(f"run_dir: {run}\nmodel:\n  sizes_from: {profile_dir}/l0/result.json\n"
+                                     "  lr: 1.0e-3\n")
+    (run / "speed.json").write_text(json.dumps({"source": {"kind": "export", "export_dir": str(run / "export"),
+                                                           "run_dir": str(run)}, **speed_json(1.3, 1.2, 0.07)}))
+    dest = tmp_path / "records"
+    assert main(["record", str(run), "--to", str(dest)]) == 0
+    recorded = dest / "direct"
+    for name in ("result.json", "config.yaml", "speed.json"):
+        text = (recorded / name).read_text()
+        assert str(tmp_path) not in text and str(REPO) not in text, text
+    got = json.loads((recorded / "result.json").read_text())
+    assert got["config_path"] == "reproduce/configs/ptb_small_direct.yaml"
+    assert got["command"] == ("python -m reproduce.train --config reproduce/configs/ptb_small_direct.yaml --run_dir "
+                              "results/ptb/small/direct --model.sizes_from=results/ptb/small/l0/result.json")
+    assert got["model_hparams"]["sizes_from"] == "results/ptb/small/l0/result.json"
+    assert {k: v for k, v in got.items() if k not in ("config_path", "command", "model_hparams")} == {
+        k: v for k, v in res.items() if k not in ("config_path", "command", "model_hparams")}  # every number kept
+    assert (recorded / "config.yaml").read_text() == ("run_dir: results/ptb/small/direct\nmodel:\n"
+                                                      "  sizes_from: results/ptb/small/l0/result.json\n"
+                                                      "  lr: 1.0e-3\n")
+    speed = json.loads((recorded / "speed.json").read_text())
+    assert speed["source"] == {"kind": "export", "export_dir": "results/ptb/small/direct/export",
+                               "run_dir": "results/ptb/small/direct"}
+    assert (recorded / "speed.json").read_text().count("\n") == (run / "speed.json").read_text().count("\n")
+
+
+@pytest.mark.parametrize("path,expected", [
+    ("/work/main/results/ptb/small/l0", "results/ptb/small/l0"),  # a run dir: its own relative path
+    ("/work/main/.gpu/results/window/medium_dense", "results/window/medium_dense"),  # a staged copy's
+    ("/home/alice/code/rnn/results/ptb/x/result.json", "results/ptb/x/result.json"),
+    ("/work/abl/ft_lr1", "abl/ft_lr1"),  # outside any results/: relative to the machine's work folder
+    ("/root/out/bench_steps.json", "out/bench_steps.json"),
+    ("/tmp/pytest-of-x/pytest-1/run", "pytest-of-x/pytest-1/run"),
+    ("/usr/lib/libgomp.so", "/usr/lib/libgomp.so"),  # a system path reads the same everywhere
+])
+def test_relative_path(path, expected):
+    assert relative_path(path) == expected
+
+
+def test_relative_path_of_the_repo_itself():
+    assert relative_path(str(REPO / "reproduce" / "configs" / "x.yaml"), REPO) == "reproduce/configs/x.yaml"
+    assert relative_path(str(REPO), REPO) == "."
+
+
+def test_relative_paths_touch_only_absolute_paths():
+    text = ('{"cmd": "--run_dir /work/x/results/ptb/a --model.init_from=/work/abl/dense", "n": 1.5e-07, '
+            '"url": "https://example.org/work/x", "rel": "results/ptb/b", "frac": "3/4", "lib": "/usr/lib/x"}\n')
+    assert relative_paths(text) == ('{"cmd": "--run_dir results/ptb/a --model.init_from=abl/dense", "n": 1.5e-07, '
+                                    '"url": "https://example.org/work/x", "rel": "results/ptb/b", "frac": "3/4", '
+                                    '"lib": "/usr/lib/x"}\n')
 
 
 def test_record_names_the_runs_a_record_depends_on(profile_dir, tmp_path, capsys):

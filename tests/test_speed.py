@@ -12,7 +12,9 @@ from lightning_modules.lm.export import export_language_model, load_exported_lan
 from lightning_modules.lm.language_model import LSTMLanguageModel, model_size
 from lightning_modules.lm.onnx_export import export_onnx
 from reproduce.__main__ import main
-from reproduce.measure.speed import Settings, Sizes, measure_run_dirs, sizes_output
+from reproduce.measure.speed import default_settings, measure_export, measure_run_dirs, sizes_output
+from reproduce.measure.speed_models import Sizes
+from reproduce.measure.speed_timing import Settings
 
 VOCAB = [f"w{i}" for i in range(30)]
 
@@ -25,10 +27,10 @@ def keep_torch_threads():
     torch.set_num_threads(threads)
 
 
-def _pruned_export(path: Path) -> Path:
+def _pruned_export(path: Path, cell: str = "lstm") -> Path:
     """A gated model with partly open (0 < z < 1) and shut gates, exported: a physically smaller model."""
     torch.manual_seed(1)
-    model = LSTMLanguageModel(len(VOCAB), 12, [10, 8])
+    model = LSTMLanguageModel(len(VOCAB), 12, [10, 8], cell=cell)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for gate in [*model.rnn.input_gates, *model.rnn.hidden_gates]:
@@ -157,6 +159,44 @@ def test_profile_measures_each_lm_export_once(tmp_path, capsys):
     assert not (runs["unexported"] / "speed.json").exists() and not (runs["bidaf"] / "speed.json").exists()
 
 
+def test_arguments_arrive_as_their_types():
+    """argparse converts them (no string parsed later by hand); the defaults are of the same types."""
+    settings = default_settings("--batches", "5", "1", "5", "--seq-len", "7", "--warmup", "0", "--threads", "1")
+    assert settings.batches == (5, 1) and settings.seq_len == 7 and settings.warmup == 0  # duplicates dropped
+    assert settings.repeats == 30 and settings.threads == 1 and settings.quick is False
+    assert default_settings().batches == (1, 20) and default_settings("--quick").repeats == 3
+
+
+def test_a_gru_export_is_timed_against_a_gru_original(tmp_path, capsys):
+    """The dense original and the plain reference are built with the export's cell, and its FLOPs
+    counted for that cell: a GRU has three gate blocks where an LSTM has four."""
+    export = _pruned_export(tmp_path / "run" / "export", cell="gru")
+    (export.parent / "result.json").write_text("{}")
+    settings = Settings(batches=(1,), seq_len=3, repeats=2, warmup=0, threads=1, threads_from="test",
+                        backends=("torch",), devices=("cpu",), quick=True)
+    torch.set_num_threads(1)
+    result = measure_export(export, settings)
+    config = json.loads((export / "config.json").read_text())
+    pruned_size = model_size(len(VOCAB), config["embedding_dim"], config["hidden_sizes"], config["input_sizes"],
+                             cell="gru")
+    dense_size = model_size(len(VOCAB), 12, [10, 8], cell="gru")
+    assert result["sizes"]["cell"] == "gru"
+    assert result["flops_per_token"]["dense"]["lstm"] == dense_size["lstm_flops_per_token"]
+    assert result["flops_per_token"]["pruned"]["lstm"] == pruned_size["lstm_flops_per_token"]
+    assert result["weight_bytes"]["dense"]["lstm"] == 4 * dense_size["lstm_params"]  # a GRU's, not an LSTM's
+    assert "GRU" in capsys.readouterr().out
+
+
+def test_sizes_take_a_cell(tmp_path, capsys):
+    out = tmp_path / "gru.json"
+    code, stdout, err = _run_main(["speed", "--sizes", "16,16", "8,4", "--cell", "gru", "--quick", "--seq-len", 2,
+                                   "--batches", 1, "--threads", 1, "--backends", "torch", "--out", out], capsys)
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert result["sizes"]["cell"] == "gru"
+    assert result["weight_bytes"]["dense"]["lstm"] == 4 * model_size(10000, 16, [16, 16], cell="gru")["lstm_params"]
+
+
 def _not_a_run_dir(tmp_path: Path) -> Path:
     return _pruned_export(tmp_path / "loose" / "export")
 
@@ -178,6 +218,12 @@ def _without_original_sizes(tmp_path: Path) -> Path:
     (["speed", "--sizes", "100,100", "50"], "the dense model has 2 layers, the pruned one 1"),
     (["speed", "--sizes", "100,100", "50,50", "--embedding-dims", "100", "101"], "pruned embedding has 101"),
     (["speed", "--sizes", "16,16", "8,4", "--batches", "0"], "--batches: '0' is not an integer >= 1"),
+    (["speed", "--sizes", "16,16", "8,4", "--batches", "1", "x"], "--batches: 'x' is not an integer >= 1"),
+    (["speed", "--sizes", "16,16", "8,4", "--warmup", "-1"], "--warmup: '-1' is not an integer >= 0"),
+    (["speed", "--sizes", "16,16", "8,4", "--seq-len", "3.5"], "--seq-len: '3.5' is not an integer >= 1"),
+    (["speed", "--sizes", "16,16", "8,4", "--embedding-dims", "16", "0"], "--embedding-dims: '0' is not an integer"),
+    (["speed", "--sizes", "16,16", "8,4", "--cell", "rnn"], "--cell: 'rnn' is not one of lstm, gru"),
+    (["speed", "--export", "{tmp}", "--cell", "gru"], "--cell goes with --sizes"),
     (["speed", "--sizes", "16,16", "8,4", "--export", "{tmp}"], "give either --export"),
     (["speed", "--export", "{tmp}/missing"], "no such folder"),
     (["speed", "--export", "{tmp}"], "no config.json there"),

@@ -5,11 +5,12 @@ import torch
 
 from lightning_modules.pruning.structured_sparsity import (
     group_lasso_penalty,
-    iss_group_norms,
     l1_penalty,
+    lm_units,
     lstm_weight_matrices,
     scheduled_neuron_count,
     threshold_,
+    unit_group_norms,
     zero_groups,
     zhu_gupta_sparsity,
 )
@@ -48,7 +49,7 @@ def _membership(layers, decoder, layer, neuron):
 def test_group_norms_match_brute_force():
     layers, decoder = _stack()
     params = _params(layers, decoder)
-    norms = iss_group_norms(layers, decoder)
+    norms = unit_group_norms(lm_units(layers, decoder))
     for layer, lstm in enumerate(layers):
         for neuron in range(lstm.hidden_size):
             masks = _membership(layers, decoder, layer, neuron)
@@ -60,9 +61,9 @@ def test_group_lasso_gradient_matches_analytic_form():
     """d/dw sum_g ||g|| = sum over the groups holding w of w / ||g|| (groups overlap at consumers)."""
     layers, decoder = _stack(seed=1)
     params = _params(layers, decoder)
-    group_lasso_penalty(layers, decoder).backward()
+    group_lasso_penalty(lm_units(layers, decoder)).backward()
     expected = {n: torch.zeros_like(p) for n, p in params.items()}
-    norms = iss_group_norms(layers, decoder)
+    norms = unit_group_norms(lm_units(layers, decoder))
     for layer, lstm in enumerate(layers):
         for neuron in range(lstm.hidden_size):
             for n, m in _membership(layers, decoder, layer, neuron).items():
@@ -81,7 +82,7 @@ def test_zero_group_is_detected_and_has_a_finite_gradient():
     flags = zero_groups(layers, decoder)
     assert flags[1].tolist() == [False, False, True, False]
     assert not flags[0].any() and not flags[2].any()
-    group_lasso_penalty(layers, decoder).backward()
+    group_lasso_penalty(lm_units(layers, decoder)).backward()
     assert all(torch.isfinite(p.grad).all() for p in _params(layers, decoder).values() if p.grad is not None)
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..pruning.gated_rnn import CELLS, GateConfig, GatedRNN, State, gate_blocks
-from ..pruning.structured_sparsity import ISSUnit, input_group_norms, lm_units
+from ..pruning.structured_sparsity import ISSUnit, lm_units
 
 
 class LSTMLanguageModel(nn.Module):
@@ -63,10 +63,6 @@ class LSTMLanguageModel(nn.Module):
 
     def expected_l0(self, form: str = "weights") -> torch.Tensor:
         return self.rnn.expected_l0(form)
-
-    def input_group_norms(self) -> torch.Tensor:
-        """group_lasso's optional groups on the embedding dimensions (model.input_groups)."""
-        return input_group_norms(list(self.rnn.layers), self.embedding.weight)
 
 
 def model_size(vocab_size: int, embedding_dim: int, hidden_sizes: list[int],

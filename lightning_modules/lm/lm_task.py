@@ -1,9 +1,8 @@
 """LightningModule: word-level LSTM language model, dense or with L0 neuron selection.
 
 Objective, per token: cross-entropy + reg_lambda * E[L0], where E[L0] is the expected
-number of non-zero LSTM weights (`GatedLSTM.expected_l0`, penalty form "weights") or
-of open gates ("neurons"). So reg_lambda is "nats of per-token loss per expected
-weight": it does not depend on batch size, num_steps or dataset size, and a value
+number of non-zero RNN weights (`GatedRNN.expected_l0`). So reg_lambda is "nats of per-token
+loss per expected weight": it does not depend on batch size, num_steps or dataset size, and a value
 means the same thing in every run. For the SGD step the objective is multiplied by
 num_steps, because Zaremba's / the TF tutorial's loss is summed over the time steps
 of a segment and averaged over the batch, and their learning rate of 1.0 is tuned
@@ -26,7 +25,7 @@ from ..errors import UserError
 from ..fused_step import STEP_IMPLS, LMTrainStep
 from ..pruning.optim import SGDWithAdamGroups, clipped_parameters, lr_factor, scheduled
 from ..pruning.structured_sparsity import lstm_weight_matrices
-from ..run_dir import GATE_HISTORY_FILE
+from ..run_dir import GATE_HISTORY_FILE, RESULT_FILE
 from ..task_base import PrunedTask, carry_step_count, load_metric_state, metric_state
 from .export import load_initial_weights, neurons_kept
 from .language_model import LSTMLanguageModel, model_size
@@ -38,7 +37,7 @@ def sizes_from_result(path: str) -> tuple[int, list[int]]:
         kept = json.loads(Path(path).read_text())["neurons_kept"]
         return int(kept["input"][0]), [int(h) for h in kept["hidden"]]
     except FileNotFoundError:
-        raise UserError(f"model.sizes_from: {path} not found; give a finished run's result.json") from None
+        raise UserError(f"model.sizes_from: {path} not found; give a finished run's {RESULT_FILE}") from None
     except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as e:
         raise UserError(f"model.sizes_from: {path} has no usable neurons_kept ({e!r})") from None
 
@@ -51,7 +50,6 @@ class LanguageModelTask(PrunedTask):
         hidden_sizes: list[int] = [200, 200],  # noqa: B006 (never mutated; the CLI shows it)
         dropout: float = 0.0,
         init_scale: float = 0.1,
-        input_groups: bool = False,
         sizes_from: str | None = None,
         inner_input_gates: bool = True,
         cell: Literal["lstm", "gru"] = "lstm",
@@ -67,13 +65,14 @@ class LanguageModelTask(PrunedTask):
     ) -> None:
         """
         Args:
-            input_groups: group_lasso also groups the first layer's input neurons.
             sizes_from: a run's result.json; method none: the dense model gets its surviving
                 sizes (the "direct design" control: the pruned sizes trained from scratch);
                 structured magnitude: they are its target_neurons (pruning to equal size).
             init_scale: weights and biases uniform in [-init_scale, init_scale].
             inner_input_gates: false: layers above the first have no input gates of their own, so
-                the path between layers is gated once (by the hidden gate below), not twice.
+                the path between layers is gated once (by the hidden gate below), not twice. No config
+                sets it: it stays for ablation D of docs/ABLATIONS.md, whose record
+                (reproduce/measured/ptb_smoke_ablation/abl_D_joint_init3_once) ran with false.
             cell: lstm or gru, the recurrent layers (the same gates, penalty and export).
             lr, lr_schedule, lr_decay, lr_decay_start_epoch: SGD learning rate and its schedule:
                 exponential: from epoch lr_decay_start_epoch on (0-based epoch e),
@@ -122,7 +121,7 @@ class LanguageModelTask(PrunedTask):
                                        gate_config=self.gate_config(inner_input_gates=inner_input_gates),
                                        cell=cell)
         self.init_vocab = load_initial_weights(self.model, init_from) if init_from else None
-        self.pruning = self.build_pruning(self.model, input_groups=input_groups, **targets)
+        self.pruning = self.build_pruning(self.model, **targets)
         self.val_ppl = Perplexity()
         self.test_ppl = Perplexity()
         self.train_ce = MeanMetric()
@@ -152,7 +151,7 @@ class LanguageModelTask(PrunedTask):
         return {
             "neurons_kept": kept,
             "neurons_total": {"input": list(rnn.input_sizes), "hidden": list(rnn.hidden_sizes)},
-            "expected_l0": float(rnn.expected_l0(hp.l0_penalty).detach()),
+            "expected_l0": float(rnn.expected_l0().detach()),
             "lstm_weight_sparsity": float(sum(int((w == 0).sum()) for w in weights)
                                           / sum(w.numel() for w in weights)),
             "params": {"before": before["params"], "after": after["params"]},

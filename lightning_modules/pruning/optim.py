@@ -23,6 +23,8 @@ from torch import nn
 
 from ..errors import UserError
 
+# No config uses `unclipped`; it stays because tests/test_gate_optimisation.py trains with it as the
+# reference of the bug it was (neurons shut with no penalty) and checks that the defaults do not.
 GATE_UPDATES = ("with_weights", "adam", "unclipped")
 DEFAULT_ADAM_GATE_LR = 1e-3
 

@@ -7,12 +7,12 @@ all-zero ISS groups), so every method exports and reports sizes the same way.
 
 Models list their LSTMs themselves, so that this package knows no model: `iss_units()`
 (structured_sparsity.ISSUnit: an LSTM and the weight columns that read each hidden neuron) and
-`expected_l0(form)` (LSTMLanguageModel, BiDAF); a model with `input_group_norms()` and an
-`embedding` (the language model) can also take group_lasso's input groups.
+`expected_l0()` (LSTMLanguageModel, BiDAF).
 
 Methods:
   none         dense training (also the "direct design" control: a dense model of given sizes)
-  l0           hard concrete gates, penalty reg_lambda * E[L0] (GatedLSTM.expected_l0)
+  l0           hard concrete gates, penalty reg_lambda * E[L0], the expected number of non-zero
+               RNN weights (GatedRNN.expected_l0)
   group_lasso  ISS (Wen et al. 2018): reg_lambda * sum of ISS group L2 norms, small weights zeroed
   lasso        reg_lambda * sum |w| over the LSTM weight matrices, small weights zeroed
   magnitude    gradual magnitude pruning (Zhu & Gupta 2017), unstructured or by ISS group
@@ -28,6 +28,7 @@ from .gated_rnn import gate_blocks
 from .hard_concrete import HardConcreteGate
 from .structured_sparsity import (
     ISSUnit,
+    group_lasso_penalty,
     l1_penalty,
     lstm_weight_matrices,
     scheduled_neuron_count,
@@ -93,17 +94,17 @@ class L0Gates(PruningMethod):
 
     gated = True
 
-    def __init__(self, reg_lambda: float, form: str, freeze_epoch: int | None = None) -> None:
+    def __init__(self, reg_lambda: float, freeze_epoch: int | None = None) -> None:
         super().__init__()
         if freeze_epoch is not None and freeze_epoch < 0:
             raise UserError(f"model.gates_freeze_epoch must be >= 0 or null, got {freeze_epoch}")
-        self.reg_lambda, self.form, self.freeze_epoch = reg_lambda, form, freeze_epoch
+        self.reg_lambda, self.freeze_epoch = reg_lambda, freeze_epoch
         self.frozen = False
 
     def penalty(self, model):
         if self.reg_lambda == 0 or self.frozen:
             return None  # frozen gates: the penalty is a constant
-        return self.reg_lambda * model.expected_l0(self.form)
+        return self.reg_lambda * model.expected_l0()
 
     def step_ops(self, model, num_steps):
         for gate in hard_concrete_gates(model):
@@ -151,25 +152,16 @@ class _Thresholded(PruningMethod):
 
 
 class GroupLasso(_Thresholded):
-    def __init__(self, reg_lambda: float, threshold: float | None, input_groups: bool) -> None:
-        super().__init__(reg_lambda, threshold)
-        self.input_groups = input_groups
-
     def penalty(self, model):
         if self.reg_lambda == 0:
             return None
-        total = sum(norms.sum() for norms in unit_group_norms(prunable_units(model)))
-        if self.input_groups:
-            total = total + model.input_group_norms().sum()
-        return self.reg_lambda * total
+        return self.reg_lambda * group_lasso_penalty(prunable_units(model))
 
     def thresholded_tensors(self, model):
         # every weight matrix an ISS group lives in, so that whole groups can reach exact zero
         # (iss-rnns zeroes weights, not biases: the groups hold none)
         units = prunable_units(model)
         tensors = lstm_weight_matrices([u.lstm for u in units]) + [w for u in units for w, _ in u.consumers]
-        if self.input_groups:
-            tensors.append(model.embedding.weight)
         return list({id(t): t for t in tensors}.values())  # a consumer may be another unit's weight_ih
 
 
@@ -319,8 +311,8 @@ def method_properties(hparams: dict) -> dict:
             "zeroes_weights": cls.zeroes_weights, "structured": structured, "fine_tuned": fine_tuned}
 
 
-def build_pruning_method(method: str, model: nn.Module, *, reg_lambda: float, l0_penalty: str,
-                         zero_threshold: float | None, input_groups: bool, structured: bool,
+def build_pruning_method(method: str, model: nn.Module, *, reg_lambda: float,
+                         zero_threshold: float | None, structured: bool,
                          target_sparsity: float | None, target_neurons: list[int] | None,
                          prune_begin_step: int, prune_end_step: int, prune_every: int,
                          gates_freeze_epoch: int | None = None) -> PruningMethod:
@@ -332,12 +324,9 @@ def build_pruning_method(method: str, model: nn.Module, *, reg_lambda: float, l0
     if method == "none":
         return PruningMethod()
     if method == "l0":
-        return L0Gates(reg_lambda, l0_penalty, gates_freeze_epoch)
+        return L0Gates(reg_lambda, gates_freeze_epoch)
     if method == "group_lasso":
-        if input_groups and not hasattr(model, "input_group_norms"):
-            raise UserError("model.input_groups (groups on the embedding) exists for the language model only; "
-                            "set it to false")
-        return GroupLasso(reg_lambda, zero_threshold, input_groups)
+        return GroupLasso(reg_lambda, zero_threshold)
     if method == "lasso":
         return Lasso(reg_lambda, zero_threshold)
     return Magnitude(model, structured, target_sparsity, target_neurons, prune_begin_step,

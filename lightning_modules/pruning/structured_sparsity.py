@@ -78,27 +78,10 @@ def unit_zero_groups(units: list[ISSUnit]) -> list[torch.Tensor]:
         return [sq == 0 for sq in unit_group_squares(units)]
 
 
-def iss_group_squares(layers: list[nn.LSTM], decoder_weight: torch.Tensor) -> list[torch.Tensor]:
-    """Sum of squares of each hidden neuron's ISS group, one tensor of size H per layer."""
-    return unit_group_squares(lm_units(layers, decoder_weight))
-
-
-def iss_group_norms(layers: list[nn.LSTM], decoder_weight: torch.Tensor) -> list[torch.Tensor]:
-    return unit_group_norms(lm_units(layers, decoder_weight))
-
-
-def input_group_norms(layers: list[nn.LSTM], embedding_weight: torch.Tensor) -> torch.Tensor:
-    """Optional groups on the first layer's input neurons: embedding column i + weight_ih column i."""
-    return _safe_sqrt(embedding_weight.square().sum(0) + layers[0].weight_ih_l0.square().sum(0))
-
-
-def group_lasso_penalty(layers: list[nn.LSTM], decoder_weight: torch.Tensor,
-                        embedding_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum over ISS groups of their L2 norms (times lambda at the call site)."""
-    total = sum(norms.sum() for norms in iss_group_norms(layers, decoder_weight))
-    if embedding_weight is not None:
-        total = total + input_group_norms(layers, embedding_weight).sum()
-    return total
+def group_lasso_penalty(units: list[ISSUnit]) -> torch.Tensor:
+    """Sum over the ISS groups of every unit of their L2 norms (times lambda at the call site):
+    group Lasso's penalty (pruning_methods.GroupLasso), for the LM (`lm_units`) and BiDAF alike."""
+    return sum(norms.sum() for norms in unit_group_norms(units))
 
 
 def lstm_weight_matrices(layers: list[nn.LSTM]) -> list[torch.Tensor]:

@@ -144,7 +144,7 @@ class SquadTask(PrunedTask):
             "neurons_total": {"lstm_names": list(LSTM_NAMES),
                               "input": [model.lstm(n).input_sizes[0] for n in LSTM_NAMES],
                               "hidden": [model.hidden[n] for n in LSTM_NAMES]},
-            "expected_l0": float(model.expected_l0(hp.l0_penalty).detach()),
+            "expected_l0": float(model.expected_l0().detach()),
             "lstm_weight_sparsity": float(sum(int((w == 0).sum()) for w in weights)
                                           / sum(w.numel() for w in weights)),
             "params": {"before": before["params"], "after": after["params"]},

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lightning_modules.atomic import atomic_write_bytes
+from lightning_modules.run_dir import RESULT_FILE, SPEED_FILE
 
 from .fronts import FRONT_METRIC, pareto_front
 from .runs import (
@@ -308,13 +309,13 @@ def write_plots(dataset: str, runs: list[Run], out_dir: Path) -> list[Path]:
     plots = [  # file, x of a run, x label, title, reference line, what is missing when no run has x, FLOPs
         ("pareto_flops.png", flops_after, f"{flops} after pruning",
          f"Accuracy against {flops}: each method's Pareto front", _unpruned_flops(dataset, runs),
-         "no run has flops_per_token in result.json", True),
+         f"no run has flops_per_token in {RESULT_FILE}", True),
         ("pareto_latency.png", latency, "latency, ms per time step (batch 1, PyTorch; dense / measured speedup)",
          "Accuracy against measured latency: each method's Pareto front", dense_ms,
-         "no run has a measured latency (speed.json; run python -m reproduce speed first)", False),
+         f"no run has a measured latency ({SPEED_FILE}; run python -m reproduce speed first)", False),
         ("pareto_neurons.png", _hidden_kept_total, "hidden neurons kept (sum over layers)",
          "Accuracy against model size: each method's Pareto front", _unpruned_neurons(dataset, runs),
-         "no run has neurons_kept in result.json", False),
+         f"no run has neurons_kept in {RESULT_FILE}", False),
     ]
     written = []
     for name, x_of, xlabel, title, reference, missing, engineering_x in plots:

@@ -8,7 +8,10 @@
 
 A record holds only lightning_modules.run_dir.RECORD_FILES (config, result, metrics, speed, gate
 history; never checkpoints or weights), so results/ can stay untracked while every number the
-README reports stays regenerable. A README block
+README reports stays regenerable. It reads the same on any machine: the absolute paths a run wrote
+(its command's --run_dir, config_path, sizes_from, speed.json's run_dir) are recorded relative, from
+their results/ folder on, else relative to the repo or to the machine's work or home folder
+(`relative_paths`); nothing else in a file changes. A README block
 
     <!-- table: ptb --runs reproduce/measured/ptb_small -->
     ...the Markdown that `python -m reproduce table ptb --runs reproduce/measured/ptb_small` prints...
@@ -35,11 +38,51 @@ from lightning_modules.run_dir import RECORD_FILES, RESULT_FILE, is_finished
 from .runs import collect_runs, display_path, read_result, run_dirs, source_run_name
 from .tables import build_table, check_dataset
 
-MEASURED_DIR = Path(__file__).resolve().parent.parent / "measured"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MEASURED_DIR = REPO_ROOT / "reproduce" / "measured"
 BLOCK = re.compile(r"<!-- table: (?P<args>[^\n]*?) -->\n(?P<body>.*?)<!-- /table -->", re.DOTALL)
+
+# An absolute path in a record's text: a '/' that starts a word (not one inside a relative path, a
+# number pair or a URL), then path characters. Only those under MACHINE_ROOT, the repo or a
+# results/ folder are rewritten, so a match that is no path (or a system path: /usr/..., /dev/...)
+# stays as it is.
+ABSOLUTE_PATH = re.compile(r"(?<![\w./:~-])/[\w.@+%~-]+(?:/[\w.@+%~-]*)*")
+# where machines keep checkouts, run dirs and scratch folders: what follows is the part another
+# machine can have too
+MACHINE_ROOT = re.compile(r"/(?:work|root|tmp|home/[^/]+|Users/[^/]+)/")
 
 
 # ---- recording -----------------------------------------------------------------------------------
+
+def relative_path(path: str, repo_root: Path = REPO_ROOT) -> str:
+    """One absolute path as a record holds it: from its (first) results/ folder on (the run's own
+    relative path, as the command that trained it from the repo root names it), else relative to
+    the repo, else to the machine root it lies under; any other path unchanged."""
+    parts = path.split("/")
+    if "results" in parts:
+        return "/".join(parts[parts.index("results"):])
+    root = repo_root.as_posix().rstrip("/")
+    if path == root or path.startswith(root + "/"):
+        return path[len(root) + 1:] or "."
+    machine = MACHINE_ROOT.match(path + "/")  # "/" added: the machine root itself matches too
+    if machine:
+        return path[machine.end():] or "."
+    return path
+
+
+def relative_paths(text: str, repo_root: Path = REPO_ROOT) -> str:
+    """Every absolute path of `text` made relative (`relative_path`); the rest of the text unchanged."""
+    return ABSOLUTE_PATH.sub(lambda m: relative_path(m.group(0), repo_root), text)
+
+
+def copy_record_file(src: Path, dest: Path) -> None:
+    """A record file with its paths made relative, every other byte as the run wrote it (newlines
+    included: the file is read and written without translating them)."""
+    with open(src, encoding="utf-8", newline="") as f:
+        text = f.read()
+    with open(dest, "w", encoding="utf-8", newline="") as f:
+        f.write(relative_paths(text))
+
 
 def check_finished(run_dir: Path) -> None:
     if not run_dir.is_dir():
@@ -62,7 +105,7 @@ def record_run(run_dir: Path, dest: Path) -> Path:
     try:
         for name in RECORD_FILES:
             if (run_dir / name).is_file():
-                shutil.copyfile(run_dir / name, tmp / name)
+                copy_record_file(run_dir / name, tmp / name)
         atomic_replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from lightning_modules.run_dir import RESULT_FILE
+
 from .plots import write_plots
 from .runs import collect_runs, display_path
 from .tables import build_table, check_dataset, save_table
@@ -29,7 +31,7 @@ def write_report(dataset: str, runs_dir: str | Path, out_dir: str | Path | None 
     plots = write_plots(dataset, runs, out_dir)
     print(table["text"], file=echo or sys.stdout)
     if unfinished:
-        print(f"unfinished (no result.json, skipped): {', '.join(unfinished)}", file=sys.stderr)
+        print(f"unfinished (no {RESULT_FILE}, skipped): {', '.join(unfinished)}", file=sys.stderr)
     for path in (table["markdown"], table["csv"], table["equal_flops_csv"], *plots):
         print(f"wrote {path}", file=sys.stderr)
     return {**table, "plots": plots}

@@ -10,14 +10,13 @@ result["method_properties"] (lightning_modules.pruning.pruning_methods.method_pr
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightning_modules.errors import UserError
-from lightning_modules.run_dir import CONFIG_FILE, EXPORT_DIR, GATE_HISTORY_FILE, METRICS_FILE, RESULT_FILE, SPEED_FILE
+from lightning_modules.run_dir import CONFIG_FILE, EXPORT_DIR, GATE_HISTORY_FILE, RESULT_FILE, SPEED_FILE
 
 BIDAF_PAPER_HIDDEN = 100  # Seo et al.; the registry's SQuAD entries are all at this scale ("model: paper")
 SCALES = {200: "small", 650: "medium", 1500: "large"}  # Zaremba's hidden sizes name the registry's models
@@ -152,7 +151,7 @@ def experiment_key(run: Run) -> tuple[str, dict]:
     config = r.get("config_path")
     configs = [Path(c).name for c in (config if isinstance(config, list) else [config]) if c]
     fixed = json.dumps([r.get("dataset"), r.get("profile"), r.get("method"), run.label, r.get("lambda"),
-                        r.get("l0_penalty"), r.get("neurons_total"), r.get("epochs"), r.get("train_tokens"), configs,
+                        r.get("neurons_total"), r.get("epochs"), r.get("train_tokens"), configs,
                         _source_experiment(run.hparams.get("sizes_from")),
                         _source_experiment(run.hparams.get("init_from"))], sort_keys=True, default=str)
     return fixed, hp
@@ -315,15 +314,6 @@ def gate_history(run: Run) -> list[dict]:
     return read_gate_history(path) if path is not None else []
 
 
-def read_metrics(run: Run) -> list[dict[str, str]]:
-    """Rows of metrics.csv (every step and epoch logged; empty cells where a row lacks a metric)."""
-    path = run.file(METRICS_FILE)
-    if path is None:
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 # ---- folders of runs --------------------------------------------------------------------------
 
 def run_dirs(runs_dir: Path) -> list[Path]:
@@ -396,7 +386,7 @@ def collect_runs(dataset: str, runs_dir: Path, wandb_project: str | None = None,
     runs = [r for r in runs if r.result.get("dataset", "ptb") == dataset]
     if not runs:
         pending = f" (unfinished: {', '.join(unfinished)})" if unfinished else ""
-        raise UserError(f"{where}: no finished {dataset} run (a result.json){pending}; wait for the runs to "
+        raise UserError(f"{where}: no finished {dataset} run (a {RESULT_FILE}){pending}; wait for the runs to "
                         "finish or point --runs at a folder of finished run dirs")
     return runs, unfinished
 

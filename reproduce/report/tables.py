@@ -28,6 +28,7 @@ from pathlib import Path
 
 from lightning_modules.atomic import atomic_write_text
 from lightning_modules.errors import UserError
+from lightning_modules.run_dir import RESULT_FILE
 from lightning_modules.timing import trained_on_gpu
 
 from .fronts import (
@@ -302,7 +303,7 @@ def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources
         seeds = ", ".join(str(s) for s in row["seeds"])
         on = f"; trained on {' / '.join(row['trained_on'])}" if row["trained_on"] else ""
         commands.append(f"- **{label}** ({', '.join(row['runs'])}; seed {seeds}{on}):\n" + "\n".join(
-            f"  `{c}`" if c else "  (command not recorded in result.json)" for c in row["commands"]))
+            f"  `{c}`" if c else f"  (command not recorded in {RESULT_FILE})" for c in row["commands"]))
         speed = fmt_speed(row)
         if row["speed_note"]:
             if row["speed_note"] not in notes:
@@ -351,7 +352,7 @@ def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources
             out.append(text + "".join(f"; {x}" for x in extra if x))
         out.append("")
     if unfinished:
-        out += [f"Unfinished (no result.json yet, not in the table): {', '.join(unfinished)}.", ""]
+        out += [f"Unfinished (no {RESULT_FILE} yet, not in the table): {', '.join(unfinished)}.", ""]
     return "\n".join(out)
 
 

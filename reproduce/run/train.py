@@ -19,10 +19,10 @@ from pathlib import Path
 
 from lightning_modules.atomic import atomic_write_json
 from lightning_modules.errors import UserError
+from lightning_modules.run_dir import EXPORT_DIR, RESULT_FILE
 from lightning_modules.timing import hardware_summary
 
 from .training_run import (
-    RESULT_FILE,
     build_run_cli,
     fit_resumable,
     git_commit,
@@ -64,7 +64,7 @@ def train(args: list[str] | None = None, callbacks: tuple = (), extra_result: di
 
     from lightning_modules.lm.export import export_language_model
 
-    export_dir = run_dir / "export"
+    export_dir = run_dir / EXPORT_DIR
     size = model.size_report()
     hp = model.hparams
     extra = {"method": hp.method, "reg_lambda": hp.reg_lambda}
@@ -83,7 +83,7 @@ def train(args: list[str] | None = None, callbacks: tuple = (), extra_result: di
         "wall_time_s": {"train": round(model.train_wall_time_s, 1),
                         "this_invocation": round(time.time() - started, 1)},
         "hardware": hardware_summary(trainer.strategy.root_device.type),
-        "export_path": "export",
+        "export_path": EXPORT_DIR,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra_result or {}),
     }

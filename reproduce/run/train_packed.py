@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from lightning_modules.fused_step import set_precision
+from lightning_modules.run_dir import RESULT_FILE
 
 
 class Turns:
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the arguments of one `python -m reproduce.train` command, quoted (repeatable)")
     parser.add_argument("--tf32", action="store_true",
                         help="TF32 matmuls and cuDNN (torch.set_float32_matmul_precision('high')); default: "
-                             "full fp32. result.json records which")
+                             f"full fp32. {RESULT_FILE} records which")
     args = parser.parse_args(argv)
     runs = [shlex.split(r) for r in args.run]
     set_precision(args.tf32)

@@ -21,10 +21,10 @@ import warnings
 from pathlib import Path
 
 from lightning_modules.atomic import atomic_write_json
+from lightning_modules.run_dir import EXPORT_DIR, PREDICTIONS_FILE, RESULT_FILE
 from lightning_modules.timing import hardware_summary
 
 from .training_run import (
-    RESULT_FILE,
     build_run_cli,
     fit_resumable,
     git_commit,
@@ -35,7 +35,6 @@ from .training_run import (
     run_main,
 )
 
-PREDICTIONS_FILE = "predictions.json"
 SMOKE_NOTE = ("trained on dev articles and evaluated on other dev articles (no SQuAD train split): "
               "checks the pipeline; NOT comparable to SQuAD results")
 
@@ -96,9 +95,9 @@ def train(args: list[str] | None = None) -> dict:
     tokenisation = {"token_pattern": r"\w+|[^\w\s]", "lowercase_words": True,
                     "max_context_tokens": dhp.max_context_tokens, "max_question_tokens": dhp.max_question_tokens,
                     "max_word_chars": dhp.max_word_chars, "max_answer_tokens": hp.max_answer_tokens}
-    export_bidaf(model.eval_model.cpu(), data.word_vocab, data.char_vocab, run_dir / "export",
+    export_bidaf(model.eval_model.cpu(), data.word_vocab, data.char_vocab, run_dir / EXPORT_DIR,
                  extra={"method": hp.method, "reg_lambda": hp.reg_lambda, **tokenisation})
-    latency = measure_latency(model, data, run_dir / "export", cfg["latency_questions"])
+    latency = measure_latency(model, data, run_dir / EXPORT_DIR, cfg["latency_questions"])
     result = {
         **result_header(cfg, hp, commit, "squad", "reproduce.train_squad", args),
         "metrics": {"em": float(scores["em"]), "f1": float(scores["f1"])},
@@ -118,7 +117,7 @@ def train(args: list[str] | None = None) -> dict:
         "wall_time_s": {"train": round(model.train_wall_time_s, 1),
                         "this_invocation": round(time.time() - started, 1)},
         "hardware": hardware_summary(trainer.strategy.root_device.type),
-        "export_path": "export",
+        "export_path": EXPORT_DIR,
         "predictions_path": PREDICTIONS_FILE,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -22,9 +22,20 @@ from pathlib import Path
 from lightning_modules.atomic import atomic_write_text
 from lightning_modules.checkpointing import Preempted, pick_checkpoint
 from lightning_modules.errors import UserError
+from lightning_modules.run_dir import (
+    CHECKPOINT_DIR,
+    EPOCH_CHECKPOINT,
+    EXPORT_DIR,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    METRICS_PART_GLOB,
+    RESULT_FILE,
+    STEP_CHECKPOINT,
+    WANDB_DIR,
+    metrics_part_file,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-RESULT_FILE = "result.json"
 
 
 def git_commit() -> str | None:
@@ -58,20 +69,20 @@ def wandb_mode(requested: str) -> str:
 def set_aside_metrics(run_dir: Path) -> None:
     """Lightning's CSV logger deletes an existing metrics.csv when it starts; on a resume
     keep it as metrics.part-N.csv, to be merged back by `merge_metrics_parts`."""
-    current = run_dir / "metrics.csv"
+    current = run_dir / METRICS_FILE
     if current.exists():
-        n = len(list(run_dir.glob("metrics.part-*.csv")))
-        current.rename(run_dir / f"metrics.part-{n:03d}.csv")
+        n = len(list(run_dir.glob(METRICS_PART_GLOB)))
+        current.rename(run_dir / metrics_part_file(n))
 
 
 def merge_metrics_parts(run_dir: Path) -> None:
     """One metrics.csv with every invocation's rows, oldest first (rows of an epoch that was
     interrupted and redone appear twice; readers keep the last row per step)."""
-    parts = sorted(run_dir.glob("metrics.part-*.csv"))
+    parts = sorted(run_dir.glob(METRICS_PART_GLOB))
     if not parts:
         return
     rows, fields = [], []
-    for f in [*parts, run_dir / "metrics.csv"]:
+    for f in [*parts, run_dir / METRICS_FILE]:
         if f.exists():
             with open(f, newline="") as fh:
                 reader = csv.DictReader(fh)
@@ -81,7 +92,7 @@ def merge_metrics_parts(run_dir: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
+    atomic_write_text(run_dir / METRICS_FILE, buffer.getvalue())
     for f in parts:
         f.unlink()
 
@@ -113,7 +124,7 @@ def log_result_to_wandb(trainer, result: dict, run_dir: Path) -> None:
             artifact = wandb.Artifact(f"run-{run.id}", type="model", metadata={"method": result["method"],
                                                                              "lambda": result["lambda"]})
             artifact.add_file(str(run_dir / RESULT_FILE))
-            artifact.add_dir(str(run_dir / result["export_path"]), name="export")
+            artifact.add_dir(str(run_dir / result["export_path"]), name=EXPORT_DIR)
             run.log_artifact(artifact)
         run.finish()
 
@@ -128,11 +139,11 @@ def build_run_cli(task_cls, data_cls, args: list[str] | None, dataset: str,
     class RunCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_argument("--run_dir", type=str, default=None,
-                                help="where checkpoints, logs, export and result.json go (default: "
+                                help=f"where checkpoints, logs, export and {RESULT_FILE} go (default: "
                                      "results/sweeps/<sweep id>/<run id> under a W&B sweep agent, "
                                      f"else results/{dataset}/custom/run)")
             parser.add_argument("--profile", type=str, default="custom",
-                                help="profile name recorded in result.json (smoke, small, paper)")
+                                help=f"profile name recorded in {RESULT_FILE} (smoke, small, paper)")
             parser.add_argument("--wandb", type=str, default="auto",
                                 choices=["auto", "online", "offline", "disabled"],
                                 help="W&B mode; auto = online if you are logged in, else offline")
@@ -141,11 +152,11 @@ def build_run_cli(task_cls, data_cls, args: list[str] | None, dataset: str,
                                 help="checkpoint to resume from, or 'last' (default: the run "
                                      "dir's newest readable checkpoint if there is one)")
             parser.add_argument("--checkpoint_every_n_steps", type=int, default=500,
-                                help="also checkpoint (checkpoints/step.ckpt) every N training steps "
+                                help=f"also checkpoint ({CHECKPOINT_DIR}/{STEP_CHECKPOINT}) every N training steps "
                                      "(0: only at epoch ends and on SIGTERM/SIGUSR1)")
             parser.add_argument("--checkpoint_every_epoch", type=bool, default=True,
-                                help="last.ckpt and the two newest epoch checkpoints at every epoch end "
-                                     "(false: only step.ckpt, on a signal or every N steps; the GPU "
+                                help=f"{LAST_CHECKPOINT} and the two newest epoch checkpoints at every epoch end "
+                                     f"(false: only {STEP_CHECKPOINT}, on a signal or every N steps; the GPU "
                                      "window's runs, whose checkpoints never come back)")
             for source, target in links:
                 parser.link_arguments(source, target, apply_on="instantiate")
@@ -167,7 +178,7 @@ def build_run_cli(task_cls, data_cls, args: list[str] | None, dataset: str,
                 # a sweep agent's run id, else a stable one, so a resumed run continues its W&B run
                 run_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
                 run_id = run_id or hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
-                (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
+                (run_dir / WANDB_DIR).mkdir(parents=True, exist_ok=True)
                 full_config = {**cfg.clone().as_dict(), "git_commit": git_commit()}
                 full_config.pop("config", None)  # jsonargparse's Path objects; config_path is in result
                 loggers.append(WandbLogger(project=cfg["wandb_project"], name=str(run_dir),
@@ -175,13 +186,13 @@ def build_run_cli(task_cls, data_cls, args: list[str] | None, dataset: str,
                                            offline=(mode == "offline"), resume="allow"))
             run_callbacks = [
                 LearningRateMonitor(logging_interval="epoch"),
-                ResumableCheckpoints(run_dir / "checkpoints", cfg["checkpoint_every_n_steps"]),
+                ResumableCheckpoints(run_dir / CHECKPOINT_DIR, cfg["checkpoint_every_n_steps"]),
                 *callbacks,
             ]
             if cfg["checkpoint_every_epoch"]:
                 # every epoch: last.ckpt plus the two newest epoch checkpoints (a fallback)
-                run_callbacks.insert(0, ModelCheckpoint(dirpath=str(run_dir / "checkpoints"),
-                                                        filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                run_callbacks.insert(0, ModelCheckpoint(dirpath=str(run_dir / CHECKPOINT_DIR),
+                                                        filename=EPOCH_CHECKPOINT, auto_insert_metric_name=False,
                                                         save_last=True, monitor="step", mode="max", save_top_k=2))
             if self.config_init["trainer"].get("enable_progress_bar") is not False:
                 # in a log file (no terminal) a bar refreshed every batch floods it
@@ -204,7 +215,6 @@ def result_header(cfg, hparams, commit: str | None, dataset: str, entry_point: s
         "method": hparams.method,
         "method_properties": method_properties(dict(hparams)),
         "lambda": hparams.reg_lambda,
-        "l0_penalty": hparams.l0_penalty if hparams.method == "l0" else None,
         "model_hparams": dict(hparams),
         "seed": cfg["seed_everything"],
         "dataset": dataset,
@@ -239,7 +249,7 @@ def fit_resumable(cli) -> Path:
                         "use another --run_dir or delete that folder to train again")
     if cfg["checkpoint_every_n_steps"] < 0:
         raise UserError(f"--checkpoint_every_n_steps must be >= 0, got {cfg['checkpoint_every_n_steps']}")
-    ckpt = pick_checkpoint(run_dir / "checkpoints", cfg["ckpt_path"])
+    ckpt = pick_checkpoint(run_dir / CHECKPOINT_DIR, cfg["ckpt_path"])
     if ckpt is not None:
         print(f"resuming from {ckpt}", file=sys.stderr)
         set_aside_metrics(run_dir)

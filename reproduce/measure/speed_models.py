@@ -1,0 +1,146 @@
+"""The models `python -m reproduce speed` times, and what their sizes are set against.
+
+A language model here is (vocabulary, embedding size, hidden sizes, cell): the export names all four
+in its config.json (`cell` since the GRU option; older exports are LSTMs), --sizes gives them on the
+command line. The dense original and the plain reference are built at those sizes with fresh weights:
+the values of the weights do not change the time of dense compute.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning_modules.errors import UserError
+from lightning_modules.export_folder import EXPORT_CONFIG_FILE
+from lightning_modules.run_dir import EXPORT_DIR
+from lightning_modules.timing import cpu_caches, smallest_cache_holding
+
+# the models of one measurement, by the names speed.json gives them
+DENSE, PRUNED, PLAIN = "dense", "pruned", "plain_at_pruned_sizes"
+DEFAULT_CELL = "lstm"  # what an export without `cell` in its config.json holds (the GRU came later)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    embedding_dim: int
+    hidden_sizes: tuple[int, ...]
+
+    def as_dict(self) -> dict:
+        return {"embedding_dim": self.embedding_dim, "hidden_sizes": list(self.hidden_sizes)}
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What an export's config.json says about the dense model it came from."""
+    original: Sizes
+    cell: str
+
+
+def check_pruned_fits(dense: Sizes, pruned: Sizes, where: str) -> None:
+    if len(dense.hidden_sizes) != len(pruned.hidden_sizes):
+        raise UserError(f"{where}: the dense model has {len(dense.hidden_sizes)} layers, the pruned one "
+                        f"{len(pruned.hidden_sizes)}; give one size per layer to both")
+    pairs = [("embedding", dense.embedding_dim, pruned.embedding_dim),
+             *((f"layer {k}", d, p) for k, (d, p) in enumerate(zip(dense.hidden_sizes, pruned.hidden_sizes)))]
+    for name, d, p in pairs:
+        if p > d:
+            raise UserError(f"{where}: the pruned {name} has {p} units, more than the dense {d}; "
+                            "give the dense sizes first, then the pruned ones")
+
+
+def plain_model(vocab_size: int, sizes: Sizes, cell: str):
+    """A dense model built directly at these sizes (its weight values do not change dense compute)."""
+    from lightning_modules.lm.language_model import LSTMLanguageModel
+
+    return LSTMLanguageModel(vocab_size, sizes.embedding_dim, list(sizes.hidden_sizes), gated=False,
+                             cell=cell).eval()
+
+
+def sizes_of(model) -> Sizes:
+    return Sizes(model.embedding.embedding_dim, tuple(model.rnn.hidden_sizes))
+
+
+# ---- an export's config.json ---------------------------------------------------------------------
+
+def read_config(config_file: Path) -> dict:
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{config_file} is not readable JSON ({e}); re-export the model") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_file} is not a JSON object; re-export the model")
+    return config
+
+
+def is_language_model_export(export_dir: Path) -> bool:
+    """An export folder of this command's model family (SQuAD's BiDAF times itself while training)."""
+    from lightning_modules.lm.export import FORMAT
+
+    config_file = Path(export_dir) / EXPORT_CONFIG_FILE
+    return config_file.is_file() and read_config(config_file).get("format", FORMAT) == FORMAT
+
+
+def export_spec(export_dir: str | Path) -> ExportSpec:
+    """The dense original's sizes and the cell, from the export's config.json; a UserError for anything unusable."""
+    export_dir = Path(export_dir)
+    config_file = export_dir / EXPORT_CONFIG_FILE
+    if not export_dir.is_dir():
+        raise UserError(f"--export {export_dir}: no such folder; give an exported model folder (a run dir's "
+                        f"{EXPORT_DIR}/)")
+    if not config_file.is_file():
+        raise UserError(f"--export {export_dir}: no {EXPORT_CONFIG_FILE} there; give an exported model folder "
+                        f"(a run dir's {EXPORT_DIR}/)")
+    from lightning_modules.lm.export import FORMAT
+    from lightning_modules.pruning.gated_rnn import CELLS
+
+    config = read_config(config_file)
+    if config.get("format", FORMAT) != FORMAT:
+        raise UserError(f"--export {export_dir}: a {config['format']!r} export; this command times word-level "
+                        f"language models ({FORMAT!r})")
+    cell = config.get("cell", DEFAULT_CELL)
+    if cell not in CELLS:
+        raise UserError(f"{config_file}: cell {cell!r} is not one of {', '.join(CELLS)}; re-export the model")
+    original = config.get("original_sizes")
+    try:
+        sizes = Sizes(int(original["embedding_dim"]), tuple(int(h) for h in original["hidden_sizes"]))
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{config_file} has no usable original_sizes ({{embedding_dim, hidden_sizes}}), so the "
+                        "dense original is unknown; re-export it with the current code, or time its sizes "
+                        "with --sizes") from None
+    return ExportSpec(sizes, cell)
+
+
+# ---- what the times are set against --------------------------------------------------------------
+
+def weight_bytes(model) -> dict:
+    def size(module):
+        return sum(p.numel() * p.element_size() for p in module.parameters())
+
+    return {"lstm": size(model.rnn), "model": size(model)}
+
+
+def sizes_block(models: dict, cell: str) -> dict:
+    """speed.json's sizes, weight bytes, the caches that hold them, and the FLOPs of the dense and pruned
+    models (the keys say "lstm" for either cell, as result.json's do)."""
+    from lightning_modules.lm.language_model import model_size
+
+    dense, pruned = models[DENSE], models[PRUNED]
+    before = model_size(dense.vocab_size, dense.embedding.embedding_dim, list(dense.rnn.hidden_sizes), cell=cell)
+    after = model_size(pruned.vocab_size, pruned.embedding.embedding_dim, list(pruned.rnn.hidden_sizes),
+                       list(pruned.rnn.input_sizes), cell=cell)
+    caches = cpu_caches()
+    weights = {DENSE: weight_bytes(dense), PRUNED: weight_bytes(pruned)}
+    return {
+        "sizes": {"vocab_size": dense.vocab_size, "cell": cell,
+                  DENSE: sizes_of(dense).as_dict(),
+                  PRUNED: {**sizes_of(pruned).as_dict(), "input_sizes": list(pruned.rnn.input_sizes)}},
+        "weight_bytes": weights,
+        "smallest_cache_holding": {n: {part: smallest_cache_holding(b, caches) for part, b in w.items()}
+                                   for n, w in weights.items()},
+        "flops_per_token": {DENSE: {"model": before["flops_per_token"], "lstm": before["lstm_flops_per_token"]},
+                            PRUNED: {"model": after["flops_per_token"], "lstm": after["lstm_flops_per_token"]}},
+        "flops_ratio": before["flops_per_token"] / after["flops_per_token"],
+        "lstm_flops_ratio": before["lstm_flops_per_token"] / after["lstm_flops_per_token"],
+    }
