@@ -18,9 +18,9 @@ import lightning as L
 import pytest
 from safetensors.torch import load_file
 
+from reproduce.run.train import train
 from reproduce.run.train_packed import main as packed_main
 from reproduce.run.train_packed import run_packed
-from reproduce.run.train import train
 
 # tiny and fast, but with everything that draws random numbers: gate noise, dropout
 SHRINK = ["--data.train_tokens=2400", "--model.embedding_dim=12", "--model.hidden_sizes=[12,10]",
