@@ -119,8 +119,9 @@ class PackedTurn(L.Callback):
         self.turns.pass_on(self.index)
 
 
-def run_packed(runs: list[list[str]], echo=sys.stderr) -> list[int]:
-    """Train the runs side by side in this process; returns each run's exit status."""
+def run_packed(runs: list[list[str]], echo=sys.stderr, tf32: bool = False) -> list[int]:
+    """Train the runs side by side in this process; returns each run's exit status. `tf32`: the
+    precision the caller set (set_precision), recorded in each result.json."""
     from lightning_modules.checkpointing import ResumableCheckpoints
 
     from .train import train
@@ -138,7 +139,7 @@ def run_packed(runs: list[list[str]], echo=sys.stderr) -> list[int]:
                 # the run's kernels go to a stream of its own, so the GPU overlaps them with the others'
                 torch.cuda.set_stream(torch.cuda.Stream())
             codes[i] = run_main(lambda args: train(args, callbacks=(callbacks[i],),
-                                                   extra_result={"packed_runs": len(runs)}), runs[i])
+                                                   extra_result={"packed_runs": len(runs), "tf32": tf32}), runs[i])
         except BaseException as e:  # noqa: BLE001 (one run's crash must not take the others down)
             print(f"run {i + 1} crashed: {type(e).__name__}: {e}", file=echo)
             codes[i] = 1
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = [shlex.split(r) for r in args.run]
     set_precision(args.tf32)
-    codes = run_packed(runs)
+    codes = run_packed(runs, tf32=args.tf32)
     return 0 if all(c == 0 for c in codes) else max(codes)
 
 
