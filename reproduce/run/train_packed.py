@@ -144,9 +144,11 @@ def run_packed(runs: list[list[str]], echo=sys.stderr, tf32: bool = False) -> li
             print(f"run {i + 1} crashed: {type(e).__name__}: {e}", file=echo)
             codes[i] = 1
         finally:
-            if torch.cuda.is_available():
-                torch.cuda.current_stream().synchronize()
-            turns.leave(i)
+            try:
+                if torch.cuda.is_available():
+                    torch.cuda.current_stream().synchronize()
+            finally:  # whatever happened, the others must get the turn
+                turns.leave(i)
             print(f"[packed {time.time() - started:.0f}s] run {i + 1}/{len(runs)} ended with status {codes[i]}: "
                   f"{shlex.join(runs[i])}", file=echo)
 
