@@ -140,8 +140,8 @@ def probe(out: Path, counts: list[int], rounds: int, scale: str = "medium") -> d
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tiny = device.type != "cuda"
     config, dense = CONFIGS / f"ptb_{scale}_l0.yaml", CONFIGS / f"ptb_{scale}_dense.yaml"
-    recipe = yaml.safe_load(config.read_text())["model"]
-    epochs = yaml.safe_load(config.read_text())["trainer"]["max_epochs"]
+    spec = yaml.safe_load(config.read_text())
+    recipe, epochs = spec["model"], spec["trainer"]["max_epochs"]
     data = PTBDataModule(batch_size=20, num_steps=35, **({"train_tokens": 20000} if tiny else {}))
     data.setup()
     windows = [(x.to(device), y.to(device)) for x, y in list(data.train_dataloader())[:50]]
