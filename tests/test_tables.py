@@ -334,6 +334,29 @@ def test_direct_design_reads_its_source_from_the_same_folder(labelled, tmp_path)
     assert [e["id"] for r in out["rows"] if r["label"] == "dense" for e in r["reported"]] == ["tf_small"]
 
 
+def test_a_gru_lm_is_its_own_section_with_its_own_dense_reference(tmp_path):
+    """A GRU LM of the LSTM's sizes must not join the LSTM's section: there its L0 run would sit on
+    the LSTM L0 front, its speedup would be read against the LSTM's dense run, and the paper's (LSTM)
+    numbers would be matched to its dense row. A result without model.cell is an LSTM's."""
+    root = tmp_path / "runs"
+    write_run(root, "dense", with_props(result("none", [200, 200], [200, 200], 117.0, 112.26), label="dense"),
+              speed=speed_json(1.0, 1.0, 0.093))
+    write_run(root, "l0", with_props(result("l0", [200, 200], [112, 105], 122.0, 118.0, lam=1e-6), label="L0",
+                                     gated=True), speed=speed_json(1.6, 1.8, 0.057))
+    write_run(root, "gru_dense", with_props(result("none", [200, 200], [200, 200], 125.0, 120.0, cell="gru"),
+                                            label="dense"), speed=speed_json(1.0, 1.0, 0.07))
+    write_run(root, "gru_l0", with_props(result("l0", [200, 200], [150, 140], 126.0, 121.0, lam=1e-6, cell="gru"),
+                                         label="L0", gated=True), speed=speed_json(1.3, 1.4, 0.05))
+    out = write_tables("ptb", root, tmp_path / "out")
+    sections = {row["runs"][0]: row["section"] for row in out["rows"]}
+    assert sections == {"dense": "small (2x200)", "l0": "small (2x200)",
+                        "gru_dense": "small (2x200), GRU", "gru_l0": "small (2x200), GRU"}
+    reported = {row["runs"][0]: [e["id"] for e in row["reported"]] for row in out["rows"]}
+    assert reported["dense"] == ["tf_small"] and reported["gru_dense"] == [] == reported["gru_l0"]
+    md = out["markdown"].read_text()
+    assert md.index("## small (2x200)\n") < md.index("## small (2x200), GRU\n")
+
+
 def test_unstructured_and_reference_come_from_properties(labelled, tmp_path):
     md = write_tables("ptb", labelled, tmp_path)["markdown"].read_text()
     lines = md_lines(md)

@@ -145,12 +145,14 @@ def experiment_key(run: Run) -> tuple[str, dict]:
     of a run without gates). A config file is named by its file name: the same config given by
     another path (another checkout, an absolute path) is the same experiment."""
     r = run.result
-    ignored = {"sizes_from", "init_from", *NOT_THE_EXPERIMENT,
+    ignored = {"sizes_from", "init_from", "cell", *NOT_THE_EXPERIMENT,
                *(() if run.properties.get("gated") else GATE_SETTINGS)}
     hp = {k: v for k, v in run.hparams.items() if not k.startswith("_") and k not in ignored}
     config = r.get("config_path")
     configs = [Path(c).name for c in (config if isinstance(config, list) else [config]) if c]
+    # the cell is fixed with its default: a result written before model.cell existed is an LSTM's
     fixed = json.dumps([r.get("dataset"), r.get("profile"), r.get("method"), run.label, r.get("lambda"),
+                        run.hparams.get("cell") or "lstm",
                         r.get("neurons_total"), r.get("epochs"), r.get("train_tokens"), configs,
                         _source_experiment(run.hparams.get("sizes_from")),
                         _source_experiment(run.hparams.get("init_from"))], sort_keys=True, default=str)
@@ -211,11 +213,16 @@ def scale_and_section(dataset: str, run: Run) -> tuple[str | None, str, int]:
         return None, f"BiDAF (hidden {max(hidden) if hidden else '?'})", 1
     if not hidden:
         return None, "model size not recorded", 10**9
+    # Another recurrent cell (a GRU LM) is its own section: its fronts, verdicts and speedups are
+    # against its own dense run, and the paper's (LSTM) numbers are not its reference. A result
+    # written before model.cell existed is an LSTM's.
+    cell = str(run.hparams.get("cell") or "lstm")
+    suffix = "" if cell == "lstm" else f", {cell.upper()}"
     if len(set(hidden)) == 1:
         name = SCALES.get(hidden[0])
         shape = f"{len(hidden)}x{hidden[0]}"
-        return name, f"{name} ({shape})" if name else shape, max(hidden)
-    return None, str(hidden), max(hidden)
+        return (name if not suffix else None), (f"{name} ({shape})" if name else shape) + suffix, max(hidden)
+    return None, str(hidden) + suffix, max(hidden)
 
 
 def flops_after(run: Run) -> float | None:
