@@ -44,3 +44,23 @@ def test_the_plan_takes_the_most_runs_that_end_in_time():
     fast = {"precisions": {"fp32": {"packs": [{"runs": 1, "ms_per_round": 0.1}, {"runs": 8, "ms_per_round": 0.8}]}}}
     assert probe.plan(fast, 8 * 1.15 * (1000 * 3.2e-3 + 39 * 0.25 + probe.END_S), 8, 1000, 0.25, 39)[0] == 8
     assert probe.plan(fast, 1.15 * 8 * 1000 * 3.2e-3, 8, 1000, 0.25, 39)[0] < 8
+
+
+def test_a_window_trains_the_next_runs_of_the_order_not_the_recorded_ones(tmp_path):
+    """Each window finishes about one medium run (2026-12-04): without skipping what is committed,
+    every window would train medium dense again and never reach the rest of the order."""
+    order = ["medium_dense", "medium_l0", "medium_iss", "medium_l0_lambda1e-7", "medium_iss_lambda1.4e-4",
+             "medium_magnitude", "medium_direct"]
+    runs, recorded = probe.window_runs("medium", tmp_path)
+    assert [r.name for r in runs] == order and recorded == []
+    for name in ("medium_dense", "medium_iss"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text("{}")
+    (tmp_path / "medium_l0").mkdir()  # a folder without result.json is not a record
+    runs, recorded = probe.window_runs("medium", tmp_path)
+    assert [r.name for r in runs] == [n for n in order if n not in ("medium_dense", "medium_iss")]
+    assert recorded == ["medium_dense", "medium_iss"]
+    assert [r.name for r in probe.window_runs("medium", tmp_path, rerun=True)[0]] == order
+    # the committed records: medium dense is in, so the next window starts with L0
+    assert probe.window_runs("medium", REPO / "reproduce/measured/ptb_medium")[0][0].name == "medium_l0"
+    assert [r.name for r in probe.window_runs("large", tmp_path)[0]] == ["large_dense", "large_l0", "large_group_lasso"]

@@ -159,18 +159,16 @@ say "probe rc=$?"
 grep -E "packed|one epoch" "$R/probe.log" >> "$LOG"
 # the runs, in the paper profile's order (reproduce/profiles/ptb.yaml: each experiment defined once):
 # medium: dense, L0 lambda 1, ISS lambda 1, L0 lambda 2, ISS lambda 2, magnitude, direct; large: dense,
-# L0, ISS (its fine-tuning and direct design wait for other runs: not in a window)
+# L0, ISS (its fine-tuning and direct design wait for other runs: not in a window). A run whose record
+# is committed (an earlier window finished it) is not trained again, so each window takes the next runs
+# of the order; the dry run (a check of the whole schedule) and WINDOW_RERUN=1 take them all.
+RECORDS=reproduce/measured/ptb_$KIND
 NAMES=(); CONFIGS=(); OVERRIDES=()
 while IFS=$'\t' read -r name config overrides; do
   NAMES+=("$name"); CONFIGS+=("$config"); OVERRIDES+=("$overrides")
-done < <($PY - "$KIND" <<'PYEOF'
-import sys
-from reproduce.orchestrate.profiles import PROFILES
-for run in PROFILES["ptb"]["paper"].runs:
-    if run.name.startswith(sys.argv[1] + "_") and not run.depends_on() and not run.init_from and not run.sizes_from:
-        print(run.name, run.config, " ".join(run.overrides), sep="\t")
-PYEOF
-)
+done < <($PY reproduce/measure/gpu/probe.py runs "$KIND" --records "$RECORDS" \
+           $([ "$DRY" = 1 ] || [ "${WINDOW_RERUN:-0}" = 1 ] && echo --rerun) 2>> "$LOG")
+[ ${#NAMES[@]} = 0 ] && { say "every run of this plan is recorded in $RECORDS (WINDOW_RERUN=1 trains them again)"; pack; exit 0; }
 if [ "$KIND" = large ]; then
   PLAN_ARGS=(--max-runs 3 --steps-per-run $(( STEPS_PER_RUN > 0 ? STEPS_PER_RUN : 55 * 1327 )) --epochs 55)
 else
