@@ -216,7 +216,8 @@ def test_paper_profile_has_the_gpu_windows_medium_runs_in_its_order():
                                                     "large_group_lasso_ft", "large_direct"]
     # the window reads its runs from this profile (no list of its own to drift)
     window = (REPO / "reproduce" / "measure" / "gpu" / "window.sh").read_text()
-    assert 'PROFILES["ptb"]["paper"].runs' in window and "medium_dense" not in window
+    assert "-m reproduce.orchestrate.gpu_window" in window and "medium_dense" not in window
+    assert 'profiles_of("ptb")["paper"].runs' in (REPO / "reproduce" / "orchestrate" / "gpu_window.py").read_text()
 
 
 def test_only_runs_the_matching_runs_and_the_runs_they_need(tmp_path, monkeypatch, capsys):

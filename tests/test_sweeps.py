@@ -175,9 +175,14 @@ def test_time_per_run_is_the_profiles_minutes_for_the_same_config(tmp_path, monk
     monkeypatch.chdir(REPO)
     assert sw.expected_minutes(sw.load_sweep("sweeps/ptb_small_l0.yaml")) == 80
     assert sw.expected_minutes(sw.load_sweep("sweeps/ptb_large_magnitude.yaml")) == 2750  # the dense config's
-    other = tiny_sweep(tmp_path).read_text().replace(SMOKE_CONFIG, "reproduce/configs/ptb_small_gru_l0.yaml")
-    sweep = sw.load_sweep(write_sweep(tmp_path, other, "gru.yaml"))
-    assert sweep.config_file == "reproduce/configs/ptb_small_gru_l0.yaml"
+    gru = tiny_sweep(tmp_path).read_text().replace(SMOKE_CONFIG, "reproduce/configs/ptb_small_gru_l0.yaml")
+    assert sw.expected_minutes(sw.load_sweep(write_sweep(tmp_path, gru, "gru.yaml"))) == 60
+    # a user's own config (every config of the suite is in a profile): no estimate
+    own = tmp_path / "my_l0.yaml"
+    own.write_text((REPO / SMOKE_CONFIG).read_text())
+    other = tiny_sweep(tmp_path).read_text().replace(SMOKE_CONFIG, str(own))
+    sweep = sw.load_sweep(write_sweep(tmp_path, other, "own.yaml"))
+    assert sweep.config_file == str(own)
     assert sw.expected_minutes(sweep) is None
     jobs = sw.sweep_jobs(sweep, sw.expand(sweep), tmp_path / "out")
     assert [j.expected_minutes for j in jobs] == [None] * 3

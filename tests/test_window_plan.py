@@ -7,6 +7,8 @@ import importlib.util
 import pytest
 from conftest import REPO
 
+from reproduce.orchestrate.gpu_window import window_runs
+
 spec = importlib.util.spec_from_file_location("probe", REPO / "reproduce/measure/gpu/probe.py")
 probe = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(probe)
@@ -51,16 +53,16 @@ def test_a_window_trains_the_next_runs_of_the_order_not_the_recorded_ones(tmp_pa
     every window would train medium dense again and never reach the rest of the order."""
     order = ["medium_dense", "medium_l0", "medium_iss", "medium_l0_lambda1e-7", "medium_iss_lambda1.4e-4",
              "medium_magnitude", "medium_direct"]
-    runs, recorded = probe.window_runs("medium", tmp_path)
+    runs, recorded = window_runs("medium", tmp_path)
     assert [r.name for r in runs] == order and recorded == []
     for name in ("medium_dense", "medium_iss"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "result.json").write_text("{}")
     (tmp_path / "medium_l0").mkdir()  # a folder without result.json is not a record
-    runs, recorded = probe.window_runs("medium", tmp_path)
+    runs, recorded = window_runs("medium", tmp_path)
     assert [r.name for r in runs] == [n for n in order if n not in ("medium_dense", "medium_iss")]
     assert recorded == ["medium_dense", "medium_iss"]
-    assert [r.name for r in probe.window_runs("medium", tmp_path, rerun=True)[0]] == order
+    assert [r.name for r in window_runs("medium", tmp_path, rerun=True)[0]] == order
     # the committed records: medium dense is in, so the next window starts with L0
-    assert probe.window_runs("medium", REPO / "reproduce/measured/ptb_medium")[0][0].name == "medium_l0"
-    assert [r.name for r in probe.window_runs("large", tmp_path)[0]] == ["large_dense", "large_l0", "large_group_lasso"]
+    assert window_runs("medium", REPO / "reproduce/measured/ptb_medium")[0][0].name == "medium_l0"
+    assert [r.name for r in window_runs("large", tmp_path)[0]] == ["large_dense", "large_l0", "large_group_lasso"]

@@ -211,20 +211,6 @@ def plan(result: dict, seconds: float, max_runs: int, steps_per_run: int, per_ep
     return best, tf32, predicted
 
 
-def window_runs(kind: str, records: Path, rerun: bool = False) -> tuple[list, list[str]]:
-    """(the paper profile's runs of this plan a window trains, in the profile's order; the names left
-    out because their record is committed). A window trains only runs that need no other run (no
-    init_from, sizes_from or wait), so that none waits; a run recorded in `records`
-    (reproduce/measured/ptb_<kind>/<run>/result.json: an earlier window finished it) is not trained
-    again unless `rerun`, so each window takes the next runs of the order."""
-    from reproduce.orchestrate.profiles import PROFILES
-
-    runs = [run for run in PROFILES["ptb"]["paper"].runs
-            if run.name.startswith(kind + "_") and not run.depends_on() and not run.init_from and not run.sizes_from]
-    recorded = [] if rerun else [run.name for run in runs if (records / run.name / "result.json").is_file()]
-    return [run for run in runs if run.name not in recorded], recorded
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -241,18 +227,7 @@ def main() -> int:
     q.add_argument("--epochs", type=int, default=39)
     q.add_argument("--per-epoch-s", type=float, default=0.25,
                    help="host seconds per run and epoch outside the steps (validation, logging)")
-    w = sub.add_parser("runs", help="the runs a window trains: one line each, name, config, overrides (tabs)")
-    w.add_argument("kind", choices=("medium", "large"))
-    w.add_argument("--records", type=Path, required=True, help="the committed records of this plan")
-    w.add_argument("--rerun", action="store_true", help="train recorded runs again")
     args = parser.parse_args()
-    if args.cmd == "runs":
-        runs, recorded = window_runs(args.kind, args.records, args.rerun)
-        for run in runs:
-            print(run.name, run.config, " ".join(run.overrides), sep="\t")
-        if recorded:
-            print(f"recorded in {args.records}, not trained again: {' '.join(recorded)}", file=sys.stderr)
-        return 0
     if args.cmd == "probe":
         probe(args.out, [int(c) for c in args.counts.split(",")], args.rounds, args.scale)
         return 0

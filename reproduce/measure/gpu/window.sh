@@ -166,7 +166,7 @@ RECORDS=reproduce/measured/ptb_$KIND
 NAMES=(); CONFIGS=(); OVERRIDES=()
 while IFS=$'\t' read -r name config overrides; do
   NAMES+=("$name"); CONFIGS+=("$config"); OVERRIDES+=("$overrides")
-done < <($PY reproduce/measure/gpu/probe.py runs "$KIND" --records "$RECORDS" \
+done < <($PY -m reproduce.orchestrate.gpu_window "$KIND" --records "$RECORDS" \
            $([ "$DRY" = 1 ] || [ "${WINDOW_RERUN:-0}" = 1 ] && echo --rerun) 2>> "$LOG")
 [ ${#NAMES[@]} = 0 ] && { say "every run of this plan is recorded in $RECORDS (WINDOW_RERUN=1 trains them again)"; pack; exit 0; }
 if [ "$KIND" = large ]; then
