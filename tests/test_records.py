@@ -267,9 +267,11 @@ def test_readme_blocks_and_their_arguments():
     blocks = readme_blocks(text)
     assert [(b.args, b.body) for b in blocks] == [("ptb --runs a/b", "\n| t |\n\n"),
                                                   ("squad --runs c --heading-level 3", "")]
-    assert parse_block_args("ptb --runs ./a/b/") == ("ptb", "a/b", 1)
-    assert parse_block_args(blocks[1].args) == ("squad", "c", 3)
+    assert parse_block_args("ptb --runs ./a/b/") == ("ptb", "a/b", 1, None)
+    assert parse_block_args(blocks[1].args) == ("squad", "c", 3, None)
+    assert parse_block_args("ptb --runs a --scale medium --scale large") == ("ptb", "a", 1, ("medium", "large"))
     for bad, message in [("ptb --profile small", "--runs"), ("ptb --runs a --wandb e/p", "not allowed"),
-                         ("ptb --runs /abs/path", "relative"), ("cifar --runs a", "unknown dataset")]:
+                         ("ptb --runs /abs/path", "relative"), ("cifar --runs a", "unknown dataset"),
+                         ("ptb --runs a --scale huge", "not a scale"), ("squad --runs a --scale small", "PTB")]:
         with pytest.raises(UserError, match=message):
             parse_block_args(bad)

@@ -109,6 +109,27 @@ def test_every_reported_row_appears_and_unrun_ones_say_so(built):
     assert "`iss_large`: Wen et al. Learning Intrinsic Sparse Structures" in md
 
 
+def test_scale_keeps_one_scales_runs_and_reported_rows(tmp_path):
+    """`--scale`: a records folder of one scale is not shown beside the other scales' reported rows
+    as "not yet run" (the README's medium table said so of the small model, which another folder holds)."""
+    runs = make_runs(tmp_path / "runs")
+    large = write_tables("ptb", runs, tmp_path / "large", scales=["large"])
+    md = large["markdown"].read_text()
+    assert [row["runs"] for row in large["rows"]] == [["iss_large"]]
+    assert "(2x200)" not in md and "(2x650)" not in md and "## large (2x1500)" in md
+    assert "finished run (the large scale) in" in md
+    statuses = {(r["reported_id"], r["status"]) for r in csv.DictReader(large["csv"].open())}
+    assert ("tf_large", "not yet run") in statuses and not any(i.startswith("tf_small") for i, _ in statuses)
+    # a scale with no run in the folder: its reported rows only, each "not yet run", and nothing else
+    medium = write_tables("ptb", runs, tmp_path / "medium", scales=["medium"])
+    assert medium["rows"] == [] and medium["runs"] == []
+    assert {e["id"] for e in medium["not_run"]} == {"zaremba_medium", "tf_medium"}
+    # the command line: the same filter, and a bad scale is one line
+    assert main(["table", "ptb", "--runs", str(runs), "--out", str(tmp_path / "cli"), "--scale", "large"]) == 0
+    assert (tmp_path / "cli" / "table.md").read_text() == md
+    assert main(["table", "ptb", "--runs", str(runs), "--out", str(tmp_path / "bad"), "--scale", "huge"]) == 2
+
+
 def test_speedups_measured_missing_and_unstructured(built):
     _, md, rows = built
     lines = md_lines(md)

@@ -18,7 +18,8 @@ from .tables import build_table, check_dataset, save_table
 
 def write_report(dataset: str, runs_dir: str | Path, out_dir: str | Path | None = None, *,
                  wandb_project: str | None = None, profile: str | None = None, where: str | None = None,
-                 heading_level: int = 1, echo: TextIO | None = None) -> dict:
+                 heading_level: int = 1, scales: tuple[str, ...] | None = None,
+                 echo: TextIO | None = None) -> dict:
     """table.md, table.csv, equal_flops.csv and the plots of the finished runs of runs_dir (or of a W&B project,
     keeping `profile`'s runs) in out_dir (default: runs_dir); the Markdown is printed to `echo`
     (default: stdout), what was written to stderr. Returns the table with `plots` added."""
@@ -27,8 +28,8 @@ def write_report(dataset: str, runs_dir: str | Path, out_dir: str | Path | None 
     out_dir = Path(out_dir) if out_dir is not None else runs_dir
     runs, unfinished = collect_runs(dataset, runs_dir, wandb_project, profile)
     table = save_table(build_table(dataset, runs, unfinished, where or display_path(runs_dir), wandb_project,
-                                   heading_level), out_dir)
-    plots = write_plots(dataset, runs, out_dir)
+                                   heading_level, scales), out_dir)
+    plots = write_plots(dataset, table["runs"], out_dir)
     print(table["text"], file=echo or sys.stdout)
     if unfinished:
         print(f"unfinished (no {RESULT_FILE}, skipped): {', '.join(unfinished)}", file=sys.stderr)

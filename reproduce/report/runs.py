@@ -225,6 +225,15 @@ def scale_and_section(dataset: str, run: Run) -> tuple[str | None, str, int]:
     return None, str(hidden) + suffix, max(hidden)
 
 
+def size_scale(run: Run) -> str | None:
+    """The Zaremba scale ("small", "medium", "large") a PTB run's hidden size is, whatever its cell
+    (a GRU of 2x200 is small): what `table --scale` keeps. None for other sizes and for SQuAD."""
+    hidden = run.original_hidden
+    if run.result.get("dataset", "ptb") != "ptb" or not hidden or len(set(hidden)) != 1:
+        return None
+    return SCALES.get(hidden[0])
+
+
 def flops_after(run: Run) -> float | None:
     """FLOPs per token (PTB) or per question (SQuAD) of the pruned model."""
     return (run.result.get("flops_per_token") or run.result.get("flops_per_question") or {}).get("after")

@@ -3,9 +3,10 @@
 Reads the finished runs (subfolders holding result.json) of results/<dataset>/<profile>/, or
 of another folder (--runs: a sweep's results/sweeps/<name>/, or a committed records folder
 such as reproduce/measured/ptb_small/), or the same result dicts from a W&B project (--wandb
-ENTITY/PROJECT). Writes table.md (the rows, their Pareto fronts with the seeds' noise, the metric
-at equal FLOPs), table.csv, equal_flops.csv and the plots into that folder (or --out) and prints
-the Markdown (reproduce/report/tables.py, reproduce/report/fronts.py, reproduce/report/plots.py).
+ENTITY/PROJECT); --scale keeps one model scale's runs and reported rows. Writes table.md (the
+rows, their Pareto fronts with the seeds' noise, the metric at equal FLOPs), table.csv,
+equal_flops.csv and the plots into that folder (or --out) and prints the Markdown
+(reproduce/report/tables.py, reproduce/report/fronts.py, reproduce/report/plots.py).
 
 `python -m reproduce table --update-readme [README.md]` rewrites the README's
 `<!-- table: ... -->` blocks from their records folders (reproduce/report/records.py).
@@ -40,6 +41,10 @@ def add_arguments(parser) -> None:
                              "(default output: RESULTS/DATASET/wandb-PROJECT)")
     parser.add_argument("--heading-level", type=int, default=1, choices=range(1, 5), metavar="N",
                         help="Markdown level of the table's title, its sections one below (default 1)")
+    parser.add_argument("--scale", action="append", default=None, metavar="SCALE",
+                        help="PTB: only the runs and reported rows of this model scale (small, medium or large; "
+                        "repeatable), e.g. a records folder of medium runs shown without the small model's "
+                        "reported rows as 'not yet run'")
     parser.add_argument("--update-readme", nargs="?", const=" ".join(DOCUMENTS_WITH_TABLES), default=None,
                         metavar="FILE", help="rewrite the table blocks of FILE (default: README.md and "
                         "docs/RESULTS.md) from their records folders, instead of writing a table")
@@ -51,8 +56,9 @@ DOCUMENTS_WITH_TABLES = ("README.md", "docs/RESULTS.md")
 
 def run(args) -> None:
     if args.update_readme:
-        if args.dataset or args.runs or args.wandb:
-            raise UserError("--update-readme takes no dataset, --runs or --wandb: each README block names its own")
+        if args.dataset or args.runs or args.wandb or args.scale:
+            raise UserError("--update-readme takes no dataset, --runs, --wandb or --scale: each README block "
+                            "names its own")
         for name in args.update_readme.split():
             blocks, changed = update_readme(Path(name))
             print(f"{name}: {blocks} table block{'s' * (blocks != 1)}, {len(changed)} changed"
@@ -71,4 +77,4 @@ def run(args) -> None:
     else:
         runs_dir = Path(args.results) / args.dataset / profile_folder(args.profile, args.dataset)
     write_report(args.dataset, runs_dir, args.out, wandb_project=args.wandb, profile=profile,
-                 where=display_path(runs_dir), heading_level=args.heading_level)
+                 where=display_path(runs_dir), heading_level=args.heading_level, scales=args.scale)

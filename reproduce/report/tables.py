@@ -61,6 +61,7 @@ from .runs import (
     neurons,
     scale_and_section,
     seed_order,
+    size_scale,
     source_run_name,
 )
 
@@ -691,14 +692,37 @@ def render_equal_flops_csv(dataset: str, rows: list[dict]) -> str:
 
 # ---- building and writing ---------------------------------------------------------------------
 
+def check_scales(dataset: str, scales: Iterable[str] | None) -> tuple[str, ...] | None:
+    """The --scale names, checked: PTB's Zaremba scales only (SQuAD has one model)."""
+    if not scales:
+        return None
+    if dataset != "ptb":
+        raise UserError(f"--scale is for PTB's model scales ({', '.join(SCALES.values())}); {dataset} has none")
+    unknown = [s for s in scales if s not in SCALES.values()]
+    if unknown:
+        raise UserError(f"--scale {unknown[0]}: not a scale; give {', '.join(SCALES.values())}")
+    return tuple(dict.fromkeys(scales))
+
+
 def build_table(dataset: str, runs: list[Run], unfinished: list[str], where: str,
-                wandb_project: str | None = None, heading_level: int = 1) -> dict:
-    """Rows, Markdown and CSV of a set of runs; `where` names their folder as the text shows it."""
+                wandb_project: str | None = None, heading_level: int = 1,
+                scales: Iterable[str] | None = None) -> dict:
+    """Rows, Markdown and CSV of a set of runs; `where` names their folder as the text shows it.
+    `scales` (PTB): keep only the runs and the reported rows of those model scales, so that a table
+    of one folder's medium runs does not list the small model as "not yet run" when another folder
+    holds it. The table's `runs` are the runs kept."""
     check_dataset(dataset)
+    scales = check_scales(dataset, scales)
     registry = load_reported()
-    rows, not_run = build_rows(dataset, runs, registry[dataset], where)
+    reported = registry[dataset]
+    kept = ""
+    if scales:
+        runs = [r for r in runs if size_scale(r) in scales]
+        reported = [e for e in reported if e.get("model") in scales]
+        kept = f" (the {' and '.join(scales)} scale{'s' * (len(scales) > 1)})"
+    rows, not_run = build_rows(dataset, runs, reported, where)
     source = f"the W&B project `{wandb_project}`" if wandb_project else f"`{where}`"
-    origin = f"{len(runs)} finished run{'s' * (len(runs) != 1)} in {source}"
+    origin = f"{len(runs)} finished run{'s' * (len(runs) != 1)}{kept} in {source}"
     return {"rows": rows, "not_run": not_run, "unfinished": unfinished, "runs": runs,
             "text": render_markdown(dataset, rows, not_run, registry["sources"], unfinished, origin, heading_level),
             "csv_text": render_csv(dataset, rows, not_run),
@@ -715,9 +739,11 @@ def save_table(table: dict, out_dir: Path) -> dict:
 
 
 def write_tables(dataset: str, runs_dir: Path, out_dir: Path | None = None, wandb_project: str | None = None,
-                 profile: str | None = None, *, where: str | None = None, heading_level: int = 1) -> dict:
+                 profile: str | None = None, *, where: str | None = None, heading_level: int = 1,
+                 scales: Iterable[str] | None = None) -> dict:
     """Write table.md and table.csv for the runs of runs_dir (or of a W&B project) into out_dir."""
     check_dataset(dataset)
     runs, unfinished = collect_runs(dataset, Path(runs_dir), wandb_project, profile)
-    table = build_table(dataset, runs, unfinished, where or display_path(runs_dir), wandb_project, heading_level)
+    table = build_table(dataset, runs, unfinished, where or display_path(runs_dir), wandb_project, heading_level,
+                        scales)
     return save_table(table, Path(out_dir) if out_dir is not None else Path(runs_dir))
