@@ -232,6 +232,19 @@ def test_table_of_records_prints_what_the_readme_block_holds(records, tmp_path, 
     assert "| direct design | sizes of l0 |" in printed and "## small (2x200)" in printed
 
 
+def test_the_equal_flops_part_prints_what_its_block_holds_and_the_files_keep_everything(records, tmp_path, capsys):
+    capsys.readouterr()
+    args = "ptb --runs reproduce/measured/ptb_small --heading-level 3 --scale small --part equal-flops"
+    assert main(["table", *args.split()]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip() == render_block(args, tmp_path).strip()
+    assert printed.startswith("### Test ppl at equal FLOPs/token") and "**small (2x200)**" in printed
+    assert "| r1 |" not in printed and "Sources" not in printed  # the part alone: no rows, no commands
+    assert "3 finished runs (the small scale) in `reproduce/measured/ptb_small`" in printed
+    written = (records / "table.md").read_text()  # the file: the whole table, its rows and fronts included
+    assert "| r1 |" in written and "Pareto fronts" in written and printed.strip().splitlines()[0] in written
+
+
 def test_the_same_records_give_the_same_text_anywhere(records, tmp_path):
     text = render_block("ptb --runs reproduce/measured/ptb_small", tmp_path)
     moved = tmp_path / "clone"
@@ -267,11 +280,13 @@ def test_readme_blocks_and_their_arguments():
     blocks = readme_blocks(text)
     assert [(b.args, b.body) for b in blocks] == [("ptb --runs a/b", "\n| t |\n\n"),
                                                   ("squad --runs c --heading-level 3", "")]
-    assert parse_block_args("ptb --runs ./a/b/") == ("ptb", "a/b", 1, None)
-    assert parse_block_args(blocks[1].args) == ("squad", "c", 3, None)
-    assert parse_block_args("ptb --runs a --scale medium --scale large") == ("ptb", "a", 1, ("medium", "large"))
+    assert parse_block_args("ptb --runs ./a/b/") == ("ptb", "a/b", 1, None, "all")
+    assert parse_block_args(blocks[1].args) == ("squad", "c", 3, None, "all")
+    assert parse_block_args("ptb --runs a --scale medium --scale large --part equal-flops") == (
+        "ptb", "a", 1, ("medium", "large"), "equal-flops")
     for bad, message in [("ptb --profile small", "--runs"), ("ptb --runs a --wandb e/p", "not allowed"),
                          ("ptb --runs /abs/path", "relative"), ("cifar --runs a", "unknown dataset"),
-                         ("ptb --runs a --scale huge", "not a scale"), ("squad --runs a --scale small", "PTB")]:
+                         ("ptb --runs a --scale huge", "not a scale"), ("squad --runs a --scale small", "PTB"),
+                         ("ptb --runs a --part fronts", "invalid choice")]:
         with pytest.raises(UserError, match=message):
             parse_block_args(bad)

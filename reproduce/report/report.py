@@ -18,11 +18,12 @@ from .tables import build_table, check_dataset, save_table
 
 def write_report(dataset: str, runs_dir: str | Path, out_dir: str | Path | None = None, *,
                  wandb_project: str | None = None, profile: str | None = None, where: str | None = None,
-                 heading_level: int = 1, scales: tuple[str, ...] | None = None,
+                 heading_level: int = 1, scales: tuple[str, ...] | None = None, part: str = "all",
                  echo: TextIO | None = None) -> dict:
     """table.md, table.csv, equal_flops.csv and the plots of the finished runs of runs_dir (or of a W&B project,
     keeping `profile`'s runs) in out_dir (default: runs_dir); the Markdown is printed to `echo`
-    (default: stdout), what was written to stderr. Returns the table with `plots` added."""
+    (default: stdout; `part`: only that part of it), what was written to stderr. Returns the table with
+    `plots` added."""
     check_dataset(dataset)
     runs_dir = Path(runs_dir)
     out_dir = Path(out_dir) if out_dir is not None else runs_dir
@@ -30,7 +31,10 @@ def write_report(dataset: str, runs_dir: str | Path, out_dir: str | Path | None 
     table = save_table(build_table(dataset, runs, unfinished, where or display_path(runs_dir), wandb_project,
                                    heading_level, scales), out_dir)
     plots = write_plots(dataset, table["runs"], out_dir)
-    print(table["text"], file=echo or sys.stdout)
+    # the files always hold the whole table; --part only chooses what is printed (a README block's text)
+    printed = table["text"] if part == "all" else build_table(
+        dataset, runs, unfinished, where or display_path(runs_dir), wandb_project, heading_level, scales, part)["text"]
+    print(printed, file=echo or sys.stdout)
     if unfinished:
         print(f"unfinished (no {RESULT_FILE}, skipped): {', '.join(unfinished)}", file=sys.stderr)
     for path in (table["markdown"], table["csv"], table["equal_flops_csv"], *plots):

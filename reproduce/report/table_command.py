@@ -22,7 +22,7 @@ from lightning_modules.errors import UserError
 from .records import update_readme
 from .report import write_report
 from .runs import display_path, profile_folder
-from .tables import check_dataset
+from .tables import PARTS, check_dataset
 
 
 def add_arguments(parser) -> None:
@@ -45,6 +45,9 @@ def add_arguments(parser) -> None:
                         help="PTB: only the runs and reported rows of this model scale (small, medium or large; "
                         "repeatable), e.g. a records folder of medium runs shown without the small model's "
                         "reported rows as 'not yet run'")
+    parser.add_argument("--part", default="all", choices=PARTS,
+                        help="what to print: the whole table (default) or only the metric at equal FLOPs; "
+                        "the files written always hold everything")
     parser.add_argument("--update-readme", nargs="?", const=" ".join(DOCUMENTS_WITH_TABLES), default=None,
                         metavar="FILE", help="rewrite the table blocks of FILE (default: README.md and "
                         "docs/RESULTS.md) from their records folders, instead of writing a table")
@@ -56,9 +59,9 @@ DOCUMENTS_WITH_TABLES = ("README.md", "docs/RESULTS.md")
 
 def run(args) -> None:
     if args.update_readme:
-        if args.dataset or args.runs or args.wandb or args.scale:
-            raise UserError("--update-readme takes no dataset, --runs, --wandb or --scale: each README block "
-                            "names its own")
+        if args.dataset or args.runs or args.wandb or args.scale or args.part != "all":
+            raise UserError("--update-readme takes no dataset, --runs, --wandb, --scale or --part: each README "
+                            "block names its own")
         for name in args.update_readme.split():
             blocks, changed = update_readme(Path(name))
             print(f"{name}: {blocks} table block{'s' * (blocks != 1)}, {len(changed)} changed"
@@ -77,4 +80,5 @@ def run(args) -> None:
     else:
         runs_dir = Path(args.results) / args.dataset / profile_folder(args.profile, args.dataset)
     write_report(args.dataset, runs_dir, args.out, wandb_project=args.wandb, profile=profile,
-                 where=display_path(runs_dir), heading_level=args.heading_level, scales=args.scale)
+                 where=display_path(runs_dir), heading_level=args.heading_level, scales=args.scale,
+                 part=args.part)

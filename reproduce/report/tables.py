@@ -260,11 +260,24 @@ def reported_section(dataset: str, entry: dict) -> tuple[str, int]:
     return (f"{model} (2x{hidden})", hidden) if hidden else (str(model), 10**9)
 
 
+PARTS = ("all", "equal-flops")  # what render_markdown writes: everything, or the equal-FLOPs table alone
+
+
 def render_markdown(dataset: str, rows: list[dict], not_run: list[dict], sources: dict, unfinished: list[str],
-                    origin: str, heading_level: int = 1) -> str:
+                    origin: str, heading_level: int = 1, part: str = "all", full_command: str = "") -> str:
     """The table as Markdown; heading_level: the level of its title (sections one below), so that
-    it can sit inside a longer document such as the README."""
+    it can sit inside a longer document such as the README. part="equal-flops": only the metric at
+    equal FLOPs, its title at heading_level (the README's landing-page view of the comparison),
+    pointing at `full_command` for the rest."""
     h1, h2, h3 = ("#" * min(heading_level + i, 6) for i in range(3))
+    if part == "equal-flops":
+        lines = render_equal_flops(dataset, rows, h1)
+        if not lines:
+            return f"No method has a front to compare at equal FLOPs in {origin}.\n"
+        while lines and not lines[-1]:
+            lines.pop()
+        return "\n".join([*lines, "", f"From {origin}; every row, the fronts and the commands: `{full_command}`.",
+                           ""]) + "\n"
     m1, m2 = METRICS[dataset]
     n1, n2 = METRIC_NAMES[m1], METRIC_NAMES[m2]
     flops = "FLOPs/question" if dataset == "squad" else "FLOPs/token"
@@ -593,13 +606,15 @@ def render_equal_flops(dataset: str, rows: list[dict], h3: str) -> list[str]:
            f"none has. Points: {fractions} % of the dense model's {flops}, and the {flops} of a method whose runs "
            "all have one size (it has a value only there). The lines below the table compare at each point with "
            "the fronts' test (Welch t, or pooled t where a side has one seed; two-sided p < "
-           f"{ALPHA:g}). The numbers are in equal_flops.csv.", ""]
+           f"{ALPHA:g}). The numbers are in equal_flops.csv, beside table.md.", ""]
     for title, (table, section_rows) in tables.items():
         noise = pooled_noise(samples(r, metric) for r in section_rows)
         methods = table["methods"]
         out += [f"**{title}**: dense model {table['dense']:,.0f} {flops}", "",
                 f"| {flops} | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for x, fixed in table["points"]:
+            if not any(table["values"][m][x] for m in methods):
+                continue  # a point no method reaches (equal_flops.csv still lists it)
             where = f" ({', '.join(fixed)})" if fixed else ""
             out.append(f"| {_point_name(x, table['dense'])}: {x:,.0f}{where} | "
                        + " | ".join(_fmt_seeds(table["values"][m][x]) for m in methods) + " |")
@@ -706,7 +721,7 @@ def check_scales(dataset: str, scales: Iterable[str] | None) -> tuple[str, ...] 
 
 def build_table(dataset: str, runs: list[Run], unfinished: list[str], where: str,
                 wandb_project: str | None = None, heading_level: int = 1,
-                scales: Iterable[str] | None = None) -> dict:
+                scales: Iterable[str] | None = None, part: str = "all") -> dict:
     """Rows, Markdown and CSV of a set of runs; `where` names their folder as the text shows it.
     `scales` (PTB): keep only the runs and the reported rows of those model scales, so that a table
     of one folder's medium runs does not list the small model as "not yet run" when another folder
@@ -723,8 +738,12 @@ def build_table(dataset: str, runs: list[Run], unfinished: list[str], where: str
     rows, not_run = build_rows(dataset, runs, reported, where)
     source = f"the W&B project `{wandb_project}`" if wandb_project else f"`{where}`"
     origin = f"{len(runs)} finished run{'s' * (len(runs) != 1)}{kept} in {source}"
+    full_command = (f"python -m reproduce table {dataset} " + (f"--wandb {wandb_project}" if wandb_project else
+                                                               f"--runs {where}")
+                    + "".join(f" --scale {s}" for s in scales or ()))
     return {"rows": rows, "not_run": not_run, "unfinished": unfinished, "runs": runs,
-            "text": render_markdown(dataset, rows, not_run, registry["sources"], unfinished, origin, heading_level),
+            "text": render_markdown(dataset, rows, not_run, registry["sources"], unfinished, origin, heading_level,
+                                    part, full_command),
             "csv_text": render_csv(dataset, rows, not_run),
             "equal_flops_csv_text": render_equal_flops_csv(dataset, rows)}
 
