@@ -349,16 +349,17 @@ def test_equal_flops_table_by_hand(seeded):
     for r in csv.DictReader(io.StringIO(equal_csv)):
         if r["section"] == "small (2x200)":
             by_point.setdefault(r["flops"], []).append(r)
-    assert len(by_point) == 4
+    assert len(by_point) == 5  # 40, 50, 60, 80 % and the one-size methods' shape
     for x, lines in by_point.items():
         assert (f": {float(x):,.0f}" in section) == any(r["n_seeds"] != "0" for r in lines), x
 
 
 def test_a_point_no_method_reaches_is_left_out_of_the_markdown_but_not_the_csv(tmp_path):
-    """The committed GRU runs (one L0 run, at 29 % of its dense FLOPs) reach none of 50/60/80 %."""
+    """The committed GRU runs (one L0 run, at 29 % of its dense FLOPs) reach none of 40/50/60/80 %."""
     out = write_tables("ptb", MEASURED, tmp_path, scales=["small"])
     gru = equal_section(out["markdown"].read_text()).split("**small (2x200), GRU**")[1]
-    assert "| 29.4 %: 1,457,512 (L0) |" in gru and "| 50 %:" not in gru and "| 80 %:" not in gru
+    assert "| 29.4 %: 1,457,512 (L0) |" in gru
+    assert not any(f"| {f} %:" in gru for f in (40, 50, 60, 80))
     rows = [r for r in csv.DictReader(out["equal_flops_csv"].open()) if r["section"] == "small (2x200), GRU"]
-    assert {r["fraction_of_dense"] for r in rows} >= {"0.5", "0.6", "0.8"}
+    assert {r["fraction_of_dense"] for r in rows} >= {"0.4", "0.5", "0.6", "0.8"}
     assert all(r["n_seeds"] == "0" for r in rows if r["fraction_of_dense"] in ("0.5", "0.6", "0.8"))

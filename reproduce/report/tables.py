@@ -69,7 +69,7 @@ METRICS = {"ptb": ("val_ppl", "test_ppl"), "squad": ("em", "f1")}
 METRIC_NAMES = {"val_ppl": "val ppl", "test_ppl": "test ppl", "em": "EM", "f1": "F1"}
 NOT_MEASURED = "not measured"
 TABLE_MD, TABLE_CSV, EQUAL_FLOPS_CSV = "table.md", "table.csv", "equal_flops.csv"
-EQUAL_FLOPS_FRACTIONS = (0.5, 0.6, 0.8)  # of the dense model's FLOPs: where methods are compared at equal cost
+EQUAL_FLOPS_FRACTIONS = (0.4, 0.5, 0.6, 0.8)  # of the dense FLOPs: where methods are compared at equal cost
 
 
 @dataclass(frozen=True)
