@@ -187,6 +187,8 @@ def test_small_profile_has_issue_21s_seed_runs_with_the_commands_they_train_with
                                                   "ptb_small_l0_finetune_short.yaml",
                                                   f"--model.init_from={root / f'dense_seed{seed}'}",
                                                   "--model.reg_lambda=1e-5"),
+        f"group_lasso_lambda4e-4_seed{seed}": cmd(f"group_lasso_lambda4e-4_seed{seed}", "ptb_small_group_lasso.yaml",
+                                                  "--model.reg_lambda=4e-4"),
     }
     for name, args in expected.items():
         assert _args(jobs[name]) == args, name
@@ -225,7 +227,7 @@ def test_only_runs_the_matching_runs_and_the_runs_they_need(tmp_path, monkeypatc
     chosen = [r.name for r in profiles.select_runs(spec, ["l0_ft_short_lambda1e-5_seed3"])]
     assert chosen == ["dense_seed3", "l0_ft_short_lambda1e-5_seed3"]  # its dense run, first
     seeds = profiles.select_runs(spec, ["*_seed[23]", "group_lasso_lambda4e-4"])
-    assert len(seeds) == 17 and all(r.name.endswith(("_seed2", "_seed3")) or r.seed == 1 for r in seeds)
+    assert len(seeds) == 19 and all(r.name.endswith(("_seed2", "_seed3")) or r.seed == 1 for r in seeds)
     assert [r.name for r in profiles.select_runs(spec, ["magnitude"])] == ["l0", "magnitude"]
     with pytest.raises(UserError, match="--only l0_seed9: no run of profile small has such a name"):
         profiles.select_runs(spec, ["l0_seed9"])
@@ -254,7 +256,7 @@ def test_the_window_and_the_tables_read_the_profiles_as_before():
     """window.sh counts the small profile's runs with this import; `PROFILES` is read when first used."""
     from reproduce.orchestrate.profiles import PROFILES
 
-    assert len(PROFILES["ptb"]["small"].runs) == 36
+    assert len(PROFILES["ptb"]["small"].runs) == 38
 
 
 # ---------------------------------------------------------------- a malformed profile file: one line
