@@ -204,6 +204,15 @@ def _original_hidden(result: dict, siblings: dict[str, dict]) -> list | None:
     return (neurons(source, "neurons_total", "hidden") if isinstance(source, dict) else None) or own
 
 
+def size_scale(run: Run) -> str | None:
+    """The Zaremba scale ("small", "medium", "large") a PTB run's hidden size is, whatever its cell
+    (a GRU of 2x200 is small): what `table --scale` keeps. None for other sizes and for SQuAD."""
+    hidden = run.original_hidden
+    if run.result.get("dataset", "ptb") != "ptb" or not hidden or len(set(hidden)) != 1:
+        return None
+    return SCALES.get(hidden[0])
+
+
 def scale_and_section(dataset: str, run: Run) -> tuple[str | None, str, int]:
     """(registry model name or None, section title, sort key) of a run."""
     hidden = run.original_hidden
@@ -219,19 +228,10 @@ def scale_and_section(dataset: str, run: Run) -> tuple[str | None, str, int]:
     cell = str(run.hparams.get("cell") or "lstm")
     suffix = "" if cell == "lstm" else f", {cell.upper()}"
     if len(set(hidden)) == 1:
-        name = SCALES.get(hidden[0])
+        name = size_scale(run)
         shape = f"{len(hidden)}x{hidden[0]}"
         return (name if not suffix else None), (f"{name} ({shape})" if name else shape) + suffix, max(hidden)
     return None, str(hidden) + suffix, max(hidden)
-
-
-def size_scale(run: Run) -> str | None:
-    """The Zaremba scale ("small", "medium", "large") a PTB run's hidden size is, whatever its cell
-    (a GRU of 2x200 is small): what `table --scale` keeps. None for other sizes and for SQuAD."""
-    hidden = run.original_hidden
-    if run.result.get("dataset", "ptb") != "ptb" or not hidden or len(set(hidden)) != 1:
-        return None
-    return SCALES.get(hidden[0])
 
 
 def flops_after(run: Run) -> float | None:
