@@ -187,7 +187,91 @@ class DeviceMean:
         self.metric._computed = None
 
 
-class LMTrainStep:
+class CapturedStep:
+    """What every captured training step shares (LMTrainStep; the batched trainer's step in
+    lightning_modules/lm/batched.py): WARMUP_STEPS eager steps on a side stream, then one CUDA graph
+    per key (the set of frozen/unfrozen gates changes the step), replayed while the parameters
+    stay where they were captured; if capture fails, the same step runs eagerly from then on.
+
+    A subclass sets `params`, `mode`, `_key` (before each step) and defines `_step()`."""
+
+    def __init__(self, mode: str, device: torch.device) -> None:
+        if mode not in ("fused", "graph"):
+            raise ValueError(f"a captured step runs mode fused or graph, not {mode!r}")
+        if mode == "graph" and device.type != "cuda":
+            print("model.step_impl=graph: CUDA graphs need a CUDA device; the same step runs eagerly "
+                  "(step_impl=fused)", file=sys.stderr)
+            mode = "fused"
+        self.mode, self.device = mode, device
+        self.params: list[torch.Tensor] = []
+        self._key: tuple = ()
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        # where each parameter's storage was when its graph was captured: the graph reads and writes
+        # those addresses for ever, so a parameter moved since (any .to()/.cuda() re-flattens
+        # nn.LSTM's weights into a new buffer) would leave the graph training a stale copy
+        self._captured_at: dict[tuple, list[int]] = {}
+        self._warm: dict[tuple, int] = {}
+        self._side: torch.cuda.Stream | None = None
+
+    def _step(self, host_step: int | None = None) -> None:
+        raise NotImplementedError
+
+    def _run(self, host_step: int | None) -> None:
+        """The step: replayed as a graph, or eagerly when it has host work (or mode is fused)."""
+        if self.mode == "graph" and host_step is None:
+            self._graph_step()
+        else:
+            self._step(host_step)
+
+    def _drop_graphs(self) -> None:
+        self._graphs.clear()
+        self._captured_at.clear()
+        self._warm.clear()
+
+    def _graph_step(self) -> None:
+        key = self._key
+        graph = self._graphs.get(key)
+        if graph is None:
+            if self._warm.get(key, 0) < WARMUP_STEPS:
+                self._warm[key] = self._warm.get(key, 0) + 1
+                # on a side stream, as torch.cuda.graph's own capture stream (PyTorch's recipe)
+                self._side = side = self._side or torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self._step()
+                torch.cuda.current_stream().wait_stream(side)
+                return
+            graph = self._capture()
+            if graph is None:
+                self._step()
+                return
+            self._graphs[key] = graph
+            self._captured_at[key] = [p.data_ptr() for p in self.params]
+        elif [p.data_ptr() for p in self.params] != self._captured_at[key]:
+            moved = [i for i, (p, at) in enumerate(zip(self.params, self._captured_at[key])) if p.data_ptr() != at]
+            raise UserError(f"model.step_impl=graph: {len(moved)} parameter(s) moved in memory after the training "
+                            "step was captured as a CUDA graph (e.g. .to()/.cuda() re-flattened nn.LSTM's weights), "
+                            "so replaying it would train stale copies; move the model only before training, or "
+                            "use model.step_impl=fused")
+        graph.replay()
+
+    def _capture(self) -> torch.cuda.CUDAGraph | None:
+        """The step as a CUDA graph (capture runs nothing: the caller replays it), or None."""
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._step()
+        except Exception as e:  # noqa: BLE001 (whatever breaks the capture, training goes on eagerly)
+            for p in self.params:
+                p.grad = None
+            self.mode = "fused"
+            print(f"model.step_impl=graph: CUDA graph capture failed ({capture_failure(e)}); "
+                  "training goes on with the same step run eagerly (step_impl=fused)", file=sys.stderr)
+            return None
+        return graph
+
+
+class LMTrainStep(CapturedStep):
     """One training step of the LSTM language model (lightning_modules/lm/lm_task.py) on static
     buffers: forward with the carried hidden state, loss and penalty, backward, clip, update, the
     pruning method's after-step work, the new hidden state and the metric sums.
@@ -199,13 +283,8 @@ class LMTrainStep:
     def __init__(self, model: nn.Module, pruning: PruningMethod, optimizer: torch.optim.Optimizer, *,
                  clipped: list[nn.Parameter], max_grad_norm: float | None, mode: str,
                  loss_metric: MeanMetric, penalty_metric: MeanMetric, device: torch.device) -> None:
-        if mode not in ("fused", "graph"):
-            raise ValueError(f"LMTrainStep runs mode fused or graph, not {mode!r}")
-        if mode == "graph" and device.type != "cuda":
-            print("model.step_impl=graph: CUDA graphs need a CUDA device; the same step runs eagerly "
-                  "(step_impl=fused)", file=sys.stderr)
-            mode = "fused"
-        self.model, self.pruning, self.optimizer, self.mode, self.device = model, pruning, optimizer, mode, device
+        super().__init__(mode, device)
+        self.model, self.pruning, self.optimizer = model, pruning, optimizer
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.clipped = list(clipped)
         self.max_norm = max_grad_norm
@@ -226,26 +305,14 @@ class LMTrainStep:
         self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
         self.bad_value = torch.zeros((), device=device)
         self._next_step: int | None = None
-        self._key: tuple = ()
         self._has_penalty: dict[tuple, bool] = {}
-        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
-        # where each parameter's storage was when its graph was captured: the graph reads and writes
-        # those addresses for ever, so a parameter moved since (any .to()/.cuda() re-flattens
-        # nn.LSTM's weights into a new buffer) would leave the graph training a stale copy
-        self._captured_at: dict[tuple, list[int]] = {}
-        self._warm: dict[tuple, int] = {}
-        self._side: torch.cuda.Stream | None = None
 
     # ---- host side -----------------------------------------------------------------------
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int) -> None:
         """Optimizer step number `step` (from 1) on the window (x, y), already on the device."""
         self._prepare(x, y, step)
-        host_update = self.pruning.host_update_due(step)
-        if self.mode == "graph" and not host_update:
-            self._graph_step()
-        else:
-            self._step(step if host_update else None)
+        self._run(step if self.pruning.host_update_due(step) else None)
         self.loss_mean.counted()
         if self._has_penalty.get(self._key):
             self.penalty_mean.counted()
@@ -272,9 +339,7 @@ class LMTrainStep:
             self.load_state(self._pending_state)
         self.loss_mean = DeviceMean(self.loss_metric, y.numel(), self.device)
         self.penalty_mean = DeviceMean(self.penalty_metric, y.shape[0], self.device)
-        self._graphs.clear()
-        self._captured_at.clear()
-        self._warm.clear()
+        self._drop_graphs()
 
     def reset_state(self) -> None:
         """The hidden state the next window starts from is zero (an epoch starts)."""
@@ -347,45 +412,3 @@ class LMTrainStep:
             if host_step is not None:
                 self.pruning.host_update(model, host_step)
             self.pruning.step_ops(model, num_steps)
-
-    def _graph_step(self) -> None:
-        key = self._key
-        graph = self._graphs.get(key)
-        if graph is None:
-            if self._warm.get(key, 0) < WARMUP_STEPS:
-                self._warm[key] = self._warm.get(key, 0) + 1
-                # on a side stream, as torch.cuda.graph's own capture stream (PyTorch's recipe)
-                self._side = side = self._side or torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    self._step()
-                torch.cuda.current_stream().wait_stream(side)
-                return
-            graph = self._capture()
-            if graph is None:
-                self._step()
-                return
-            self._graphs[key] = graph
-            self._captured_at[key] = [p.data_ptr() for p in self.params]
-        elif [p.data_ptr() for p in self.params] != self._captured_at[key]:
-            moved = [i for i, (p, at) in enumerate(zip(self.params, self._captured_at[key])) if p.data_ptr() != at]
-            raise UserError(f"model.step_impl=graph: {len(moved)} parameter(s) moved in memory after the training "
-                            "step was captured as a CUDA graph (e.g. .to()/.cuda() re-flattened nn.LSTM's weights), "
-                            "so replaying it would train stale copies; move the model only before training, or "
-                            "use model.step_impl=fused")
-        graph.replay()
-
-    def _capture(self) -> torch.cuda.CUDAGraph | None:
-        """The step as a CUDA graph (capture runs nothing: the caller replays it), or None."""
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                self._step()
-        except Exception as e:  # noqa: BLE001 (whatever breaks the capture, training goes on eagerly)
-            for p in self.params:
-                p.grad = None
-            self.mode = "fused"
-            print(f"model.step_impl=graph: CUDA graph capture failed ({capture_failure(e)}); "
-                  "training goes on with the same step run eagerly (step_impl=fused)", file=sys.stderr)
-            return None
-        return graph
