@@ -200,9 +200,12 @@ class GatedRNN(nn.Module):
         like = (z_in or z_hid)[0]
         return self._per_layer_inputs(z_in, like), self._per_layer_hidden(z_hid, like)
 
-    def gate_values(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """One draw (training) or the test-time values (eval) of all gates."""
-        return self._gate_vectors(lambda g: g())
+    def gate_values(self, draw=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One draw (training) or the test-time values (eval) of all gates. `draw(n)`: the uniform
+        noise of the next gate vector, in this order (default: each gate draws its own)."""
+        if draw is None:
+            return self._gate_vectors(lambda g: g())
+        return self._gate_vectors(lambda g: g(draw(g.n) if g.training and not g.frozen else None))
 
     def deterministic_gates(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The test-time gate values (what export folds in)."""

@@ -90,10 +90,12 @@ class HardConcreteGate(nn.Module):
         """The test-time gate vector."""
         return self._stretch_and_clamp(torch.sigmoid(self.log_alpha))
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, u: torch.Tensor | None = None) -> torch.Tensor:
+        """The gate vector: frozen or eval, the test-time one; training, a draw (from `u` if given:
+        the batched trainer's per-member noise, lightning_modules/lm/batched.py)."""
         if self.frozen:
             return self.deterministic().detach()
-        return self.sample() if self.training else self.deterministic()
+        return self.sample(u) if self.training else self.deterministic()
 
     def prob_nonzero(self) -> torch.Tensor:
         """P(z != 0) per gate, the closed form of the L0 relaxation."""
