@@ -9,7 +9,7 @@ module spells these names (tests/test_run_dir_names.py): they import them from h
       metrics.part-NNN.csv an earlier invocation's metrics, set aside on resume, merged back at the end
       hparams.yaml         the model's hyperparameters (Lightning's CSV logger writes and names it)
       gate_history.jsonl   gated runs: P(z != 0) of every gate over training
-      checkpoints/         step.ckpt, last.ckpt, epochNNN.ckpt (never committed)
+      checkpoints/         step.ckpt, last.ckpt, epochNNN.ckpt; batched/stepNNNNNNNN.ckpt (never committed)
       export/              the exported (pruned) model: config.json + model.safetensors, whose names
                            lightning_modules/export_folder.py owns (the form every export shares)
       predictions.json     SQuAD runs: {question id: answer text} of the evaluation set
@@ -35,6 +35,13 @@ CHECKPOINT_GLOB = "*.ckpt"  # every checkpoint of CHECKPOINT_DIR, whoever wrote 
 STEP_CHECKPOINT = "step.ckpt"  # lightning_modules/checkpointing.py's, every N steps and on a signal
 LAST_CHECKPOINT = "last.ckpt"  # Lightning's ModelCheckpoint(save_last=True) names it so, at epoch ends
 EPOCH_CHECKPOINT = "epoch{epoch:03d}"  # ModelCheckpoint's filename template (it adds .ckpt)
+# the batched trainer's (reproduce/run/train_batched.py): one per member and step, in a folder of
+# their own (a run resumed alone never takes one for a Lightning checkpoint), and the job's file
+# naming the step every member's checkpoint was written at
+BATCHED_CHECKPOINT_DIR = "batched"
+BATCHED_CHECKPOINT = "step{step:08d}.ckpt"
+BATCHED_CHECKPOINT_GLOB = "step*.ckpt"
+BATCHED_JOB_FILE = "batched_job.json"
 EXPORT_DIR = "export"
 PREDICTIONS_FILE = "predictions.json"
 WANDB_DIR = "wandb"

@@ -130,16 +130,18 @@ def test_a_padded_member_keeps_its_padding_exactly_zero_and_the_others_unaffecte
     lm = BatchedLM([direct.model, other.model]).eval()
     x, _ = windows(1)[0]
     state = lm.init_state(x.shape[0], torch.device("cpu"), torch.float32)
-    logits, new_state = lm(x, state)
-    for h, c in new_state:
-        n = h.shape[-1]
-        assert n >= 7
-    assert float(new_state[0][0][0, :, 7:].abs().max()) == 0.0  # layer 0 of the direct member: 7 of 12 units
-    assert float(new_state[1][1][0, :, 5:].abs().max()) == 0.0  # layer 1: 5 of 10
+    with torch.no_grad():
+        logits, new_state = lm(x, state)
+    assert [h.shape[-1] for h, _ in new_state] == [12, 10]
+    for k, n in ((0, 7), (1, 5)):  # the direct member's units per layer: 7 of 12, 5 of 10
+        for t in new_state[k]:
+            assert float(t[0, :, n:].abs().max()) == 0.0
+            assert float(t[0, :, :n].abs().max()) > 0.0
     direct.model.eval()
     other.model.eval()
-    torch.testing.assert_close(logits[0], direct.model(x)[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(logits[1], other.model(x)[0], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(logits[0], direct.model(x)[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logits[1], other.model(x)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_a_member_that_diverges_is_recorded_and_the_others_train_on():
@@ -158,3 +160,119 @@ def test_a_member_that_diverges_is_recorded_and_the_others_train_on():
     after = list(tasks[1].model.parameters())
     assert all(torch.isfinite(p).all() for p in after)
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+# ---- whole jobs (reproduce/run/train_batched.py) ---------------------------------------------------
+
+# tiny, every method, no dropout: only L0's gates draw, so the other members must match their runs
+# alone to float tolerance and L0 only in distribution
+SHRINK = ["--data.train_tokens=2400", "--data.eval_tokens=2000", "--model.embedding_dim=12",
+          "--model.hidden_sizes=[12,10]", "--trainer.max_epochs=2", "--data.test_batch_size=20",
+          "--data.val_batch_size=20", "--wandb=disabled", "--trainer.enable_progress_bar=false",
+          "--trainer.log_every_n_steps=2", "--model.dropout=0.0", "--model.gate_history_every=3"]
+JOB = {
+    "l0": ["--config", "reproduce/configs/ptb_smoke_l0.yaml", "--model.gates_freeze_epoch=1"],
+    "iss": ["--config", "reproduce/configs/ptb_smoke_group_lasso.yaml", "--seed_everything=2"],
+    "magnitude": ["--config", "reproduce/configs/ptb_smoke_magnitude.yaml", "--model.prune_begin_step=2",
+                  "--model.prune_end_step=8", "--model.prune_every=2", "--model.target_neurons=[8,6]"],
+}
+
+
+def _job_args(root, names=tuple(JOB)) -> list[list[str]]:
+    return [[*JOB[n], "--run_dir", str(root / n), *SHRINK] for n in names]
+
+
+def _result(run_dir):
+    import json
+
+    return json.loads((run_dir / "result.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def batched_job(tmp_path_factory):
+    from reproduce.run.train_batched import run_batched
+
+    root = tmp_path_factory.mktemp("batched")
+    code = run_batched(_job_args(root), step_impl="fused", checkpoint_every=3)
+    return root, code
+
+
+@pytest.mark.slow
+def test_a_batched_job_writes_each_members_run_dir_close_to_its_run_alone(batched_job, tmp_path):
+    from lightning_modules.run_dir import CONFIG_FILE, EXPORT_DIR, METRICS_FILE
+    from reproduce.run.train import train
+
+    root, code = batched_job
+    assert code == 0
+    members = [str(root / n) for n in JOB]
+    for name in JOB:
+        run_dir = root / name
+        for f in (CONFIG_FILE, METRICS_FILE, EXPORT_DIR):
+            assert (run_dir / f).exists(), f"{name}: {f}"
+        result = _result(run_dir)
+        assert result["trained_batched"]["members"] == members
+        assert result["precision"]["precision"] == "fp32"
+        assert result["epochs"] == 2
+        alone = train([*JOB[name], "--run_dir", str(tmp_path / name), *SHRINK])
+        # noise-free members: the same arithmetic up to the order of batched sums
+        rtol = 0.05 if name == "l0" else 1e-3
+        for key in ("val_ppl", "test_ppl"):
+            assert result["metrics"][key] == pytest.approx(alone["metrics"][key], rel=rtol), (name, key)
+        if name != "l0":
+            assert result["neurons_kept"] == alone["neurons_kept"], name
+
+
+@pytest.mark.slow
+def test_a_batched_job_killed_with_sigkill_resumes_every_member_where_it_stopped(batched_job, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from reproduce.run.train_batched import run_batched
+
+    root, _ = batched_job
+    member_args = _job_args(tmp_path)
+    cmd = [sys.executable, "-m", "reproduce.run.train_batched", "--step_impl", "fused",
+           "--checkpoint_every_n_steps", "3", "--job_dir", str(tmp_path / "job")]
+    for a in member_args:
+        cmd += ["--member", " ".join(a)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job_file = tmp_path / "job" / "batched_job.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if job_file.exists() and json.loads(job_file.read_text())["step"] >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stopped_at = json.loads(job_file.read_text())["step"]
+    assert 3 <= stopped_at < 10 and not any((tmp_path / n / "result.json").exists() for n in JOB)
+    assert run_batched(member_args, step_impl="fused", checkpoint_every=3, job_dir=str(tmp_path / "job")) == 0
+    for name in JOB:  # the same end as the job that was never stopped, to the last bit
+        resumed, whole = _result(tmp_path / name), _result(root / name)
+        assert resumed["metrics"] == whole["metrics"], name
+        assert resumed["neurons_kept"] == whole["neurons_kept"], name
+        wa, wb = (load_file(str(d / name / "export" / "model.safetensors")) for d in (tmp_path, root))
+        for key in wa:
+            assert wa[key].equal(wb[key]), (name, key)
+
+
+@pytest.mark.slow
+def test_a_member_that_diverges_is_named_in_one_line_and_the_others_finish(tmp_path, capsys):
+    from reproduce.run.train_batched import run_batched
+
+    member_args = _job_args(tmp_path, ("iss",))
+    # weights of 1e30: the first logits overflow and the loss is NaN at the first step
+    member_args.append([*JOB["l0"], "--run_dir", str(tmp_path / "bad"), *SHRINK, "--model.init_scale=1e30"])
+    assert run_batched(member_args, step_impl="fused", checkpoint_every=0) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: member")]
+    assert len(lines) == 1 and str(tmp_path / "bad") in lines[0] and "diverged" in lines[0]
+    assert (tmp_path / "iss" / "result.json").exists()
+    assert not (tmp_path / "bad" / "result.json").exists()

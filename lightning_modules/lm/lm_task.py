@@ -293,22 +293,25 @@ class LanguageModelTask(PrunedTask):
         self.log_dict(metrics)
         self._append_gate_history()
 
-    def _append_gate_history(self) -> None:
-        """P(z != 0) of every gate, one JSON line per call (for the gate-open plots).
+    def _append_gate_history(self, epoch: int | None = None, step: int | None = None) -> None:
+        """P(z != 0) of every gate, one JSON line per call (for the gate-open plots). epoch, step:
+        where training stands (default: the trainer's loop; the batched trainer passes its own).
 
         A resumed run may repeat a step's line; readers keep the last line per step.
         """
         rnn = self.model.rnn
         if not rnn.gated or self.trainer is None or not self.trainer.is_global_zero:
             return
-        if getattr(self, "_history_step", None) == self.global_step:
+        epoch = self.current_epoch if epoch is None else epoch
+        step = self.global_step if step is None else step
+        if getattr(self, "_history_step", None) == step:
             return  # the epoch ended on a step that was just recorded
-        self._history_step = self.global_step
+        self._history_step = step
         with torch.no_grad():
             probs_in, probs_hid = rnn.gate_probs()
             entry = {
-                "epoch": self.current_epoch,
-                "step": self.global_step,
+                "epoch": epoch,
+                "step": step,
                 "input": [[round(p, 4) for p in q.tolist()] for q in probs_in],
                 "hidden": [[round(p, 4) for p in q.tolist()] for q in probs_hid],
             }

@@ -176,6 +176,7 @@ class PTBDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         test_batch_size: int = 1,
         train_tokens: int | None = None,
+        eval_tokens: int | None = None,
         cache_dir: str | None = None,
         pin_memory: bool = True,
     ) -> None:
@@ -187,6 +188,8 @@ class PTBDataModule(L.LightningDataModule):
             test_batch_size: rows for test (TF tutorial: 1, the whole test set as one stream).
             train_tokens: use only the first N training tokens (smoke runs); the vocabulary
                 and the valid/test sets stay full.
+            eval_tokens: use only the first N tokens of the valid and test sets (tests of the
+                pipeline, whose full evaluation would cost more than their training); null: all.
             pin_memory: on a CUDA machine, windows come in page-locked memory, so that copying
                 one to the GPU does not wait for the GPU's queued work (a copy from pageable
                 memory does: a host sync per step).
@@ -196,8 +199,9 @@ class PTBDataModule(L.LightningDataModule):
                             ("test_batch_size", test_batch_size)):
             if value < 1:
                 raise UserError(f"data.{name} must be at least 1, got {value}")
-        if train_tokens is not None and train_tokens < 2:
-            raise UserError(f"data.train_tokens must be at least 2, got {train_tokens}")
+        for name, value in (("train_tokens", train_tokens), ("eval_tokens", eval_tokens)):
+            if value is not None and value < 2:
+                raise UserError(f"data.{name} must be at least 2, got {value}")
         self.save_hyperparameters()
         self._ids: dict[str, torch.Tensor] | None = None
         self._train_sampler = ResumableSampler()  # in order: the hidden state carries across windows
@@ -221,6 +225,9 @@ class PTBDataModule(L.LightningDataModule):
             ids[split] = torch.tensor([index[w] for w in tokens], dtype=torch.long)
         if hp.train_tokens is not None:
             ids["train"] = ids["train"][: hp.train_tokens]
+        if hp.eval_tokens is not None:
+            for split in ("validation", "test"):
+                ids[split] = ids[split][: hp.eval_tokens]
         self._ids = ids
 
     @property

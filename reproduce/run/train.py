@@ -51,8 +51,16 @@ def train(args: list[str] | None = None, callbacks: tuple = (), extra_result: di
     # SQuAD's shuffled loader does not, and there Lightning's warning stays
     warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
     cli = build_cli(args, callbacks)
-    cfg, trainer, model, data = cli.config, cli.trainer, cli.model, cli.datamodule
     run_dir = fit_resumable(cli)
+    return finish_run(cli, run_dir, args=args, commit=commit, started=started, epochs=cli.trainer.current_epoch,
+                      extra_result=extra_result)
+
+
+def finish_run(cli, run_dir: Path, *, args: list[str] | None, commit: str | None, started: float, epochs: int,
+               extra_result: dict | None = None) -> dict:
+    """The end of a trained run: validate and test the final weights, export, write result.json.
+    Shared by a run alone and the batched trainer's members (reproduce/run/train_batched.py)."""
+    cfg, trainer, model, data = cli.config, cli.trainer, cli.model, cli.datamodule
     val = trainer.validate(model, datamodule=data, verbose=False)[0]
     test = trainer.test(model, datamodule=data, verbose=False)[0]
     trainer.loggers[0].save()  # flush the CSV before merging
@@ -76,7 +84,7 @@ def train(args: list[str] | None = None, callbacks: tuple = (), extra_result: di
     result = {
         **result_header(cfg, hp, commit, "ptb", "reproduce.train", args),
         "metrics": {"val_ppl": float(val["val_ppl"]), "test_ppl": float(test["test_ppl"])},
-        "epochs": trainer.current_epoch,
+        "epochs": epochs,
         "train_tokens": int(data.token_ids("train").numel()),
         **size,
         "speedup_flops": size["flops_per_token"]["before"] / size["flops_per_token"]["after"],
