@@ -130,3 +130,16 @@ def test_each_real_process_sees_only_its_gpu(tmp_path):
     run_jobs(jobs, workers=2, gpus=["6", "7"], poll_s=0.05)
     seen = [(job.run_dir / RESULT_FILE).read_text() for job in jobs]
     assert seen[:2] == ["6", "7"] and seen[2] in ("6", "7")
+
+
+def test_the_profile_command_takes_the_gpus_it_is_given(tmp_path, monkeypatch, capsys):
+    from reproduce.__main__ import main
+
+    minutes = {run.name: run.minutes for run in profiles.profiles_of("ptb")["smoke"].runs}
+    fleet = Fleet(monkeypatch, minutes)
+    assert main(["profile", "ptb", "--profile", "smoke", "--results", str(tmp_path), "--no-analyse",
+                 "--gpus", "2,3"]) == 0
+    assert {gpu for _, _, gpu in fleet.starts} == {"2", "3"} and not fleet.shared
+    assert sorted(name for _, name, _ in fleet.starts) == sorted(minutes)
+    assert main(["profile", "ptb", "--profile", "smoke", "--gpus", "1,,1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --gpus '1,,1'")

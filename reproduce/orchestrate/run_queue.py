@@ -67,7 +67,7 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def parse_gpus(value: str | None) -> list[str] | None:
+def parse_gpus(value: str | None) -> list[str]:
     """--gpus: a comma-separated list of GPUs (as CUDA_VISIBLE_DEVICES names them), `none` for no
     assignment, or None (not given): the GPUs this machine shows (visible_gpus)."""
     if value is None:
