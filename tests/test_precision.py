@@ -124,3 +124,24 @@ def test_the_probe_records_each_arms_flags(tmp_path):
     assert precision_flags() == FP32  # left as every entry point's default
     with pytest.raises(UserError, match="did not time fp32"):
         probe.plan(result, 1000, 7, 100, 0.25, 2)
+
+
+def test_tf32_controls_are_their_own_row_never_averaged_with_fp32_seeds(tmp_path):
+    """The window's TF32 controls sit beside the fp32 runs they are compared to; `table` must not take a
+    control for one more seed of the fp32 experiment."""
+    from fixtures.run_dirs import result, write_run
+
+    from reproduce.report.runs import collect_runs, group_runs
+    from reproduce.report.tables import write_tables
+
+    for name, seed, flags in (("dense", 1, FP32), ("dense_seed2", 2, None), ("dense_tf32", 1, TF32),
+                              ("dense_tf32_seed2", 2, TF32)):
+        res = result("none", [200, 200], [200, 200], 120.0 + seed, 115.0 + seed, seed=seed, run=name)
+        if flags is not None:  # a record from before issue 30 has no precision: fp32
+            res["precision"] = flags
+        write_run(tmp_path / "runs", name, res)
+    runs, _ = collect_runs("ptb", tmp_path / "runs")
+    assert sorted(sorted(r.name for r in g) for g in group_runs(runs)) == [
+        ["dense", "dense_seed2"], ["dense_tf32", "dense_tf32_seed2"]]
+    md = write_tables("ptb", tmp_path / "runs", tmp_path / "out")["markdown"].read_text()
+    assert "| dense TF32 |" in md and "| dense |" in md
