@@ -9,6 +9,7 @@ PROFILE ?= auto
 SIZES ?= 1500,1500 373,315
 EXPORTS ?=
 WORKERS ?= 1
+GPUS ?=
 BENCH_ARGS ?=
 # Tests never touch the network: the Hub is unreachable there and W&B stays offline.
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
@@ -32,8 +33,8 @@ test: | $(PY)  ## all tests, end-to-end and fault-injection runs included (about
 test-fast: | $(PY)  ## unit tests only (skips the end-to-end runs marked slow)
 	$(TEST_ENV) $(PY) -m pytest -m "not slow"
 
-reproduce-ptb: | $(PY)  ## PTB runs of a profile, then speed, tables, plots: PROFILE=smoke|small|paper (default: paper on GPU, else small)
-	$(PY) -m reproduce profile ptb --profile $(PROFILE)
+reproduce-ptb: | $(PY)  ## PTB runs of a profile, then speed, tables, plots: PROFILE=smoke|small|paper (default: paper on GPU, else small); one run per GPU seen (GPUS=0,1 to choose)
+	$(PY) -m reproduce profile ptb --profile $(PROFILE) $(if $(GPUS),--gpus $(GPUS))
 
 reproduce-squad: | $(PY)  ## SQuAD runs of a profile: PROFILE=smoke|paper (default: paper on GPU, else smoke), then tables, plots
 	$(PY) -m reproduce profile squad --profile $(PROFILE)

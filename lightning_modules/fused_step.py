@@ -71,13 +71,6 @@ def clip_grad_norm_tensor_(grads: list[torch.Tensor], max_norm: float) -> torch.
     return total
 
 
-def set_precision(tf32: bool) -> None:
-    """Full fp32 or TF32 for every matmul and cuDNN kernel of the process (a global switch: runs packed
-    in one process share it). Full fp32 is set explicitly: cuDNN allows TF32 by default."""
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
-    torch.backends.cudnn.allow_tf32 = tf32
-
-
 def capture_failure(error: BaseException) -> str:
     """Why a capture failed, in one line: the first error in the chain, not only the last.
 

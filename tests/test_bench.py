@@ -87,7 +87,8 @@ def test_step_bench_refuses_unknown_names():
     from reproduce.measure.bench import run
 
     with pytest.raises(UserError, match="bench --methods: unknown"):
-        run(Namespace(steps=True, out=None, quick=True, sizes=None, methods="dense,sideways", impls=None))
+        run(Namespace(steps=True, out=None, quick=True, sizes=None, methods="dense,sideways", impls=None,
+                      precision="fp32"))
 
 
 def test_gpu_window_scripts_parse():

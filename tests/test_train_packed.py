@@ -76,7 +76,7 @@ def test_packed_runs_equal_each_run_alone(alone, tmp_path):
     for name in RUNS:
         _assert_same_run(alone / name, tmp_path / name)
         result = json.loads((tmp_path / name / "result.json").read_text())
-        assert result["packed_runs"] == 3 and result["tf32"] is False
+        assert result["packed_runs"] == 3 and result["precision"]["precision"] == "fp32"
         # the command recorded is the run's own: it reproduces the run alone
         assert result["command"].startswith("python -m reproduce.train --config")
 

@@ -19,6 +19,8 @@ in the forward, read in the backward and the gradient written, the clip reading 
 twice and writing it, the update reading weight and gradient and writing the weight) at the
 bandwidth measured for one large copy; the larger of the two is a time no step can beat.
 --quick: tiny sizes and few steps (a check that it runs, on the CPU too).
+--precision fp32|tf32 (default fp32): matmuls and cuDNN kernels (lightning_modules/precision.py); the
+JSON's `precision` holds the flags that were in force.
 
 Run it on an idle machine. Inference speed of pruned models is `python -m reproduce speed`.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import time
 
+from lightning_modules.precision import PRECISIONS, apply_precision, precision_flags
 from lightning_modules.timing import hardware_summary, paired_ratio, stats, time_interleaved
 
 SEQ_LEN = 35
@@ -76,6 +79,7 @@ def run_bench(out: str, quick: bool = False, hidden: tuple[int, ...] = HIDDEN) -
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "hardware": hardware_summary(device="cpu"),  # the steps run on the CPU, whatever GPU is there
         "quick": quick,
+        "precision": precision_flags(),
         "train_step": train,
     }
     atomic_write_json(out, result)
@@ -145,8 +149,7 @@ def measure_floor(device: str, quick: bool) -> dict:
         _sync(device)
         times[name] = (time.perf_counter() - start) / reps
     return {"matmul_n": n, "flops_per_s": 2 * n ** 3 / times["matmul"],
-            "copy_mib": mib, "bytes_per_s": 2 * src.numel() * 4 / times["copy"],
-            "tf32": bool(device == "cuda" and torch.backends.cuda.matmul.allow_tf32)}
+            "copy_mib": mib, "bytes_per_s": 2 * src.numel() * 4 / times["copy"]}
 
 
 def step_floor(size: str, floor: dict) -> dict:
@@ -246,6 +249,7 @@ def run_step_bench(out: str, quick: bool = False, sizes: list[str] | None = None
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "hardware": hardware_summary(device=device),
         "device": device, "quick": quick, "warmup_steps": warmup, "chunks": chunks, "steps_per_chunk": chunk,
+        "precision": precision_flags(),  # the floor's matmul rate too is measured in it
         "floor": {**floor, "per_size": {size: step_floor(size, floor) for size in sizes}},
         "steps": rows,
         "complete": False,
@@ -262,7 +266,8 @@ def run_step_bench(out: str, quick: bool = False, sizes: list[str] | None = None
     atomic_write_json(out, result)
     print(f"\nTraining step, ms (median of {chunks} chunks of {chunk} steps) and s per PTB epoch "
           f"(training only) on {result['hardware']}")
-    print(f"floor: fp32 matmul {floor['flops_per_s'] / 1e12:.2f} TFLOP/s, copy {floor['bytes_per_s'] / 1e9:.0f} GB/s")
+    print(f"floor: {result['precision']['precision']} matmul {floor['flops_per_s'] / 1e12:.2f} TFLOP/s, "
+          f"copy {floor['bytes_per_s'] / 1e9:.0f} GB/s")
     print("| size | method | " + " | ".join(f"{i} ms" for i in impls)
           + " | eager / fastest | s/epoch (fastest) | floor ms |")
     print("|---|---|" + "---|" * (len(impls) + 3))
@@ -271,7 +276,9 @@ def run_step_bench(out: str, quick: bool = False, sizes: list[str] | None = None
             got = {r["impl"]: r for r in rows if r["size"] == size and r["method"] == method}
             fastest = min(got.values(), key=lambda r: r["median_ms"])
             cells = " | ".join(f"{got[i]['median_ms']:.2f}" for i in impls)
-            print(f"| {size} | {method} | {cells} | {got['eager']['median_ms'] / fastest['median_ms']:.2f} | "
+            # --impls without eager: no ratio to it
+            ratio = f"{got['eager']['median_ms'] / fastest['median_ms']:.2f}" if "eager" in got else ""
+            print(f"| {size} | {method} | {cells} | {ratio} | "
                   f"{fastest['s_per_epoch']:.1f} | {result['floor']['per_size'][size]['floor_ms']:.3f} |")
     print(f"\nwritten to {out}")
     return result
@@ -288,6 +295,9 @@ def add_arguments(parser) -> None:
                                                        "(default medium,large; tiny with --quick)")
     parser.add_argument("--methods", default=None, help=f"--steps: comma-separated, of {', '.join(STEP_METHODS)}")
     parser.add_argument("--impls", default=None, help=f"--steps: comma-separated, of {', '.join(STEP_IMPLS)}")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="float32 matmuls and cuDNN kernels: fp32 (full float32) or tf32; the JSON records the "
+                             "flags in force")
 
 
 def _names(value: str | None, known, what: str) -> list[str] | None:
@@ -303,6 +313,7 @@ def _names(value: str | None, known, what: str) -> list[str] | None:
 
 
 def run(args) -> None:
+    apply_precision(args.precision)
     if args.steps:
         run_step_bench(args.out or "results/bench/steps.json", quick=args.quick,
                        sizes=_names(args.sizes, STEP_SIZES, "sizes"),

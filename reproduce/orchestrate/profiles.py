@@ -25,7 +25,7 @@ from lightning_modules.run_dir import RESULT_FILE
 from ..measure.speed import default_settings, measure_run_dirs
 from ..report.report import write_report
 from ..report.runs import CPU_PROFILE
-from .run_queue import Job, run_jobs
+from .run_queue import Job, parse_gpus, run_jobs, visible_gpus
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "reproduce" / "configs"
@@ -313,16 +313,20 @@ def profile_jobs(dataset: str, profile: str, out_root: Path, extra_args: list[st
 
 
 def run_profile(dataset: str, profile: str, results_root: str = "results", workers: int | None = None,
-                extra_args: list[str] | None = None, analyse: bool = True, only: list[str] | None = None) -> Path:
-    """Runs, then speed, tables and plots; returns the profile's folder."""
+                extra_args: list[str] | None = None, analyse: bool = True, only: list[str] | None = None,
+                gpus: list[str] | None = None) -> Path:
+    """Runs, then speed, tables and plots; returns the profile's folder. `gpus`: the GPUs the runs are
+    spread over, one run per GPU (None: every GPU this machine shows; []: none). Without --workers, as
+    many runs go side by side as there are GPUs, or the profile's workers if that is more."""
     profile, spec = get_profile(dataset, profile)
+    gpus = visible_gpus() if gpus is None else gpus
     out_root = Path(results_root) / dataset / profile
     print(f"{dataset} / {profile}: {spec.about}", file=sys.stderr)
     jobs = profile_jobs(dataset, profile, out_root, extra_args, only)
     if only:
         print(f"--only {' '.join(only)}: {len(jobs)} of {len(spec.runs)} runs ({', '.join(j.name for j in jobs)})",
               file=sys.stderr)
-    run_jobs(jobs, workers or spec.workers, label=f"{dataset} / {profile}")
+    run_jobs(jobs, workers or max(spec.workers, len(gpus)), label=f"{dataset} / {profile}", gpus=gpus)
     if analyse:
         analyse_runs(dataset, out_root, spec.speed_args)
     return out_root
@@ -342,7 +346,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--profile", default="auto", help="smoke, small, paper, or auto (paper on a GPU, else small)")
     parser.add_argument("--results", default="results", help="root folder of the run dirs")
     parser.add_argument("--workers", type=int, default=None,
-                        help="runs side by side (default: the profile's, 2 for the CPU profiles)")
+                        help="runs side by side (default: the profile's, 2 for the CPU profiles, or the number of "
+                             "GPUs if that is more)")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help="only the runs of this name (a glob; repeatable), with the runs they need, e.g. "
                              "--only '*_seed[23]' for the small profile's seeds 2 and 3")
@@ -350,10 +355,15 @@ def add_arguments(parser) -> None:
                         help="one more argument for every training command, after the profile's own "
                              "(repeatable; with '=', as the value starts with --), e.g. "
                              "--train-arg=--model.step_impl=graph")
+    parser.add_argument("--gpus", default=None, metavar="IDS",
+                        help="GPUs to spread the runs over, one run per GPU (CUDA_VISIBLE_DEVICES of each run), "
+                             "comma-separated, e.g. 0,1,2,3; 'none': no assignment (default: every GPU this "
+                             "machine shows: CUDA_VISIBLE_DEVICES if set, else all that torch sees); without "
+                             "--workers, as many runs side by side as GPUs")
     parser.add_argument("--no-analyse", action="store_true",
                         help="only the runs: no speed measurement, tables or plots afterwards")
 
 
 def run(args) -> None:
     run_profile(args.dataset, args.profile, args.results, workers=args.workers, extra_args=args.train_args,
-                analyse=not args.no_analyse, only=args.only)
+                analyse=not args.no_analyse, only=args.only, gpus=parse_gpus(args.gpus))

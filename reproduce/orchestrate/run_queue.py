@@ -4,6 +4,11 @@ A job whose run dir holds result.json is finished and never started again; any o
 (re)started and resumes from its own last checkpoint (reproduce/run/train.py does that). Each job
 writes its output to `<run dir>.log`; the terminal gets one progress line per event. Jobs may
 wait for files (e.g. the direct-design run waits for the L0 run's result.json).
+
+On a machine with GPUs the jobs are spread over them: each job starts with CUDA_VISIBLE_DEVICES set
+to one GPU, the one running the fewest jobs, and a GPU is handed out again when its job ends. With
+no more jobs side by side than GPUs, no two running jobs share one, so N GPUs take about the time of
+the longest job (or chain of jobs that wait for each other) where one GPU takes the sum.
 """
 
 from __future__ import annotations
@@ -51,8 +56,35 @@ def _unestimated(jobs: list[Job]) -> str:
     return f" + {n} run(s) without an estimate" if n else ""
 
 
-def run_jobs(jobs: list[Job], workers: int = 1, label: str = "runs", poll_s: float = 0.5) -> list[Job]:
-    """Run every unfinished job; returns the jobs that finished in this call (raises if any failed)."""
+def visible_gpus() -> list[str]:
+    """The GPUs a runner hands out, as CUDA_VISIBLE_DEVICES names them: that variable's entries when it
+    is set (indices or UUIDs; empty: none), else 0..n-1 for the n GPUs torch sees (none without CUDA)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def parse_gpus(value: str | None) -> list[str]:
+    """--gpus: a comma-separated list of GPUs (as CUDA_VISIBLE_DEVICES names them), `none` for no
+    assignment, or None (not given): the GPUs this machine shows (visible_gpus)."""
+    if value is None:
+        return visible_gpus()
+    if value.strip() == "none":
+        return []
+    gpus = [g.strip() for g in value.split(",") if g.strip()]
+    if not gpus or len(set(gpus)) != len(gpus):
+        raise UserError(f"--gpus {value!r}: give distinct GPU ids separated by commas (e.g. --gpus 0,1,2,3), "
+                        "or --gpus none")
+    return gpus
+
+
+def run_jobs(jobs: list[Job], workers: int = 1, label: str = "runs", poll_s: float = 0.5,
+             gpus: list[str] | None = None) -> list[Job]:
+    """Run every unfinished job; returns the jobs that finished in this call (raises if any failed).
+    `gpus`: spread the jobs over these GPUs (CUDA_VISIBLE_DEVICES of each job: one of them)."""
     names = [j.run_dir for j in jobs]
     if len(set(names)) != len(names):
         raise UserError(f"{label}: two jobs share a run dir; every run needs its own")
@@ -61,11 +93,15 @@ def run_jobs(jobs: list[Job], workers: int = 1, label: str = "runs", poll_s: flo
     todo = [j for j in jobs if not j.finished]
     print(f"== {label}: {len(jobs)} runs, {len(jobs) - len(todo)} finished, {len(todo)} to run "
           f"(about {_fmt(_expected(todo) / workers)}{_unestimated(todo)} on 2 CPU cores)", file=sys.stderr)
+    gpus = list(gpus or [])
+    if gpus:
+        print(f"   {workers} side by side on {len(gpus)} GPU(s) ({','.join(gpus)}), each run on one "
+              f"(CUDA_VISIBLE_DEVICES){'' if workers <= len(gpus) else '; some GPUs run several'}", file=sys.stderr)
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     env = {**os.environ}
     if workers > 1:
         env.setdefault("OMP_NUM_THREADS", threads)  # side-by-side runs must not fight over cores
-    running: dict[subprocess.Popen, tuple[Job, float]] = {}
+    running: dict[subprocess.Popen, tuple[Job, float, str | None]] = {}
     done, failed = [], []
     started = time.time()
     expected_done = 0.0
@@ -99,15 +135,17 @@ def run_jobs(jobs: list[Job], workers: int = 1, label: str = "runs", poll_s: flo
                     continue
                 pending.remove(job)
                 job.run_dir.parent.mkdir(parents=True, exist_ok=True)
+                gpu = _least_used(gpus, [g for _, _, g in running.values()]) if gpus else None
                 log = open(job.log, "a")  # appended: a resumed run keeps its earlier output
-                proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                        env=env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu})
                 log.close()
-                running[proc] = (job, time.time())
-                progress(f"{job.name}: started (log: {job.log})")
+                running[proc] = (job, time.time(), gpu)
+                progress(f"{job.name}: started{'' if gpu is None else f' on GPU {gpu}'} (log: {job.log})")
             for proc in list(running):
                 if proc.poll() is None:
                     continue
-                job, t0 = running.pop(proc)
+                job, t0, _ = running.pop(proc)  # its GPU is free again
                 if proc.returncode == 0 and job.finished:
                     done.append(job)
                     expected_done += job.expected_minutes or 0.0
@@ -127,6 +165,11 @@ def run_jobs(jobs: list[Job], workers: int = 1, label: str = "runs", poll_s: flo
         raise UserError(f"{label}: {len(failed)} run(s) failed ({', '.join(j.name for j in failed)}); fix the "
                         "cause and run the same command again: finished runs are skipped, the others resume")
     return done
+
+
+def _least_used(gpus: list[str], in_use: list[str | None]) -> str:
+    """The GPU running the fewest jobs; the first listed among equals."""
+    return min(gpus, key=lambda g: in_use.count(g))
 
 
 def _same(a: Path, b: Path) -> bool:

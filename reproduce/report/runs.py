@@ -134,6 +134,12 @@ def _source_experiment(path) -> str | None:
     return SEED_SUFFIX.sub("", source_run_name(path)) if isinstance(path, str) and path else None
 
 
+def trained_in_tf32(result: dict) -> bool:
+    """Whether a run's matmuls and cuDNN kernels ran in TF32: result.json's `precision` (issue 30), or the
+    `tf32` of a packed run recorded before it. fp32 and records without the field are one precision."""
+    return (result.get("precision") or {}).get("precision") == "tf32" or result.get("tf32") is True
+
+
 def experiment_key(run: Run) -> tuple[str, dict]:
     """(what two seeds of one experiment must share exactly, model settings they must agree on
     where both record them).
@@ -155,7 +161,9 @@ def experiment_key(run: Run) -> tuple[str, dict]:
                         run.hparams.get("cell") or "lstm",
                         r.get("neurons_total"), r.get("epochs"), r.get("train_tokens"), configs,
                         _source_experiment(run.hparams.get("sizes_from")),
-                        _source_experiment(run.hparams.get("init_from"))], sort_keys=True, default=str)
+                        _source_experiment(run.hparams.get("init_from")),
+                        # a TF32 control is never averaged with the fp32 seeds it is compared to
+                        trained_in_tf32(r)], sort_keys=True, default=str)
     return fixed, hp
 
 

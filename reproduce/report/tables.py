@@ -63,6 +63,7 @@ from .runs import (
     seed_order,
     size_scale,
     source_run_name,
+    trained_in_tf32,
 )
 
 METRICS = {"ptb": ("val_ppl", "test_ppl"), "squad": ("em", "f1")}
@@ -150,7 +151,9 @@ def summarize(dataset: str, runs: list[Run], where: str) -> dict:
     speeds = [run_speed(run) for run in runs]
     row = {
         "section": section, "size": size, "scale": scale, "method": first.result.get("method"),
-        "label": first.label, "rank": method_rank(first), "gated": bool(first.properties.get("gated")),
+        # a TF32 control (issue 30) is its own row, named so
+        "label": first.label + (" TF32" if trained_in_tf32(first.result) else ""),
+        "rank": method_rank(first), "gated": bool(first.properties.get("gated")),
         "reference": is_reference(first), "from_scratch": not first.hparams.get("sizes_from"),
         "lambda": first.result.get("lambda"), "target": target_of(first), "profile": first.result.get("profile"),
         "seeds": [run.result.get("seed") for run in runs], "runs": [run.name for run in runs],

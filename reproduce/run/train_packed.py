@@ -4,7 +4,8 @@ Each --run is the argument list of one `python -m reproduce.train` command (shel
 "--config reproduce/configs/ptb_medium_l0.yaml --run_dir results/ptb/paper/medium_l0"). Every run
 is that command, unchanged: its own LightningCLI, trainer, model, data, optimiser, checkpoints and
 run dir (config, metrics, gate history, export, result.json), so a packed run resumes alone with
-its own command, and `python -m reproduce record` takes it as any other.
+its own command, and `python -m reproduce record` takes it as any other. `--precision fp32|tf32`
+(default fp32) is every run's: the flags are process-wide, so each run's command gets it too.
 
 Why one process
 ---------------
@@ -44,7 +45,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from lightning_modules.fused_step import set_precision
+from lightning_modules.errors import UserError
+from lightning_modules.precision import PRECISIONS
 from lightning_modules.run_dir import RESULT_FILE
 
 
@@ -119,14 +121,31 @@ class PackedTurn(L.Callback):
         self.turns.pass_on(self.index)
 
 
-def run_packed(runs: list[list[str]], echo=sys.stderr, tf32: bool = False) -> list[int]:
-    """Train the runs side by side in this process; returns each run's exit status. `tf32`: the
-    precision the caller set (set_precision), recorded in each result.json."""
+def with_precision(runs: list[list[str]], precision: str) -> list[list[str]]:
+    """Each run's arguments with `--precision=<precision>`: the flags are process-wide, so every run
+    applies the same one (a run's own default, fp32, would undo the others'), and each result.json's
+    command then reproduces its run alone in the precision it had. A run that asks for another is refused."""
+    out = []
+    for i, args in enumerate(runs):
+        own = [a.split("=", 1)[1] if "=" in a else (args[k + 1] if k + 1 < len(args) else "")
+               for k, a in enumerate(args) if a == "--precision" or a.startswith("--precision=")]
+        if any(p != precision for p in own):
+            raise UserError(f"run {i + 1} asks for --precision {own[-1]}, but packed runs share one precision "
+                            f"(a process-wide setting): drop it from --run, or pass --precision {own[-1]} to "
+                            "the packed trainer")
+        out.append(args if own else [*args, f"--precision={precision}"])
+    return out
+
+
+def run_packed(runs: list[list[str]], echo=sys.stderr, precision: str = "fp32") -> list[int]:
+    """Train the runs side by side in this process, all in `precision` (fp32 or tf32); returns each
+    run's exit status."""
     from lightning_modules.checkpointing import ResumableCheckpoints
 
     from .train import train
     from .training_run import run_main
 
+    runs = with_precision(runs, precision)
     turns = Turns(len(runs))
     callbacks = [PackedTurn(turns, i) for i in range(len(runs))]
     codes: list[int | None] = [None] * len(runs)
@@ -139,7 +158,7 @@ def run_packed(runs: list[list[str]], echo=sys.stderr, tf32: bool = False) -> li
                 # the run's kernels go to a stream of its own, so the GPU overlaps them with the others'
                 torch.cuda.set_stream(torch.cuda.Stream())
             codes[i] = run_main(lambda args: train(args, callbacks=(callbacks[i],),
-                                                   extra_result={"packed_runs": len(runs), "tf32": tf32}), runs[i])
+                                                   extra_result={"packed_runs": len(runs)}), runs[i])
         except BaseException as e:  # noqa: BLE001 (one run's crash must not take the others down)
             print(f"run {i + 1} crashed: {type(e).__name__}: {e}", file=echo)
             codes[i] = 1
@@ -179,13 +198,18 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", required=True, metavar="ARGS",
                         help="the arguments of one `python -m reproduce.train` command, quoted (repeatable)")
-    parser.add_argument("--tf32", action="store_true",
-                        help="TF32 matmuls and cuDNN (torch.set_float32_matmul_precision('high')); default: "
-                             f"full fp32. {RESULT_FILE} records which")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="float32 matmuls and cuDNN kernels of every run: fp32 (full float32) or tf32; each "
+                             f"run's {RESULT_FILE} records the flags in force")
     args = parser.parse_args(argv)
     runs = [shlex.split(r) for r in args.run]
-    set_precision(args.tf32)
-    codes = run_packed(runs, tf32=args.tf32)
+    from ..user_errors import report_user_errors
+
+    codes: list[int] = []
+    status = report_user_errors(lambda: codes.extend(run_packed(runs, precision=args.precision)),
+                                "run the same command again: each run resumes from its last checkpoint")
+    if status:
+        return status
     return 0 if all(c == 0 for c in codes) else max(codes)
 
 

@@ -2,8 +2,9 @@
 
 The command line (LightningCLI: a YAML config, every option overridable as --model.x=...),
 the run dir with its loggers (CSV always, W&B offline or online), checkpoints (each epoch,
-every N steps, on SIGTERM/SIGUSR1), resuming from the newest readable checkpoint, and the
-end of a run: result.json in the W&B summary. Each entry point adds its model, data and result.
+every N steps, on SIGTERM/SIGUSR1), resuming from the newest readable checkpoint, the float32
+precision (--precision fp32|tf32, lightning_modules/precision.py), and the end of a run: result.json
+(with the precision flags in force) in the W&B summary. Each entry point adds its model, data and result.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from lightning_modules.atomic import atomic_write_text
 from lightning_modules.checkpointing import Preempted, pick_checkpoint
 from lightning_modules.errors import UserError
+from lightning_modules.precision import PRECISIONS, apply_precision, precision_flags
 from lightning_modules.run_dir import (
     CHECKPOINT_DIR,
     EPOCH_CHECKPOINT,
@@ -148,6 +150,9 @@ def build_run_cli(task_cls, data_cls, args: list[str] | None, dataset: str,
                                 choices=["auto", "online", "offline", "disabled"],
                                 help="W&B mode; auto = online if you are logged in, else offline")
             parser.add_argument("--wandb_project", type=str, default="neuron-selection-rnn")
+            parser.add_argument("--precision", type=str, default="fp32", choices=list(PRECISIONS),
+                                help="float32 matmuls and cuDNN kernels: fp32 (full float32) or tf32 (TensorFloat-32 "
+                                     f"on a GPU that has it); {RESULT_FILE} records the flags in force")
             parser.add_argument("--ckpt_path", type=str, default=None,
                                 help="checkpoint to resume from, or 'last' (default: the run "
                                      "dir's newest readable checkpoint if there is one)")
@@ -222,6 +227,8 @@ def result_header(cfg, hparams, commit: str | None, dataset: str, entry_point: s
         "git_commit": commit,
         "config_path": config_files[0] if len(config_files) == 1 else config_files,
         "command": " ".join([f"python -m {entry_point}", *(args if args is not None else sys.argv[1:])]),
+        # read back at the end, so that it says what was in force, not what was asked for
+        "precision": precision_flags(),
     }
 
 
@@ -238,7 +245,8 @@ def quiet_known_warnings() -> None:
 
 
 def fit_resumable(cli) -> Path:
-    """Fit, resuming from the run dir's newest readable checkpoint; returns the run dir.
+    """Fit in the precision of --precision, resuming from the run dir's newest readable checkpoint;
+    returns the run dir.
 
     A finished run dir is refused. A SIGTERM/SIGUSR1 ends in `Preempted` after its checkpoint.
     """
@@ -249,6 +257,7 @@ def fit_resumable(cli) -> Path:
                         "use another --run_dir or delete that folder to train again")
     if cfg["checkpoint_every_n_steps"] < 0:
         raise UserError(f"--checkpoint_every_n_steps must be >= 0, got {cfg['checkpoint_every_n_steps']}")
+    apply_precision(cfg["precision"])  # before the first kernel: a captured step keeps the precision it saw
     ckpt = pick_checkpoint(run_dir / CHECKPOINT_DIR, cfg["ckpt_path"])
     if ckpt is not None:
         print(f"resuming from {ckpt}", file=sys.stderr)

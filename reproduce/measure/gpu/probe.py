@@ -6,7 +6,8 @@
 `probe` measures, on real PTB windows, at medium (or --scale large):
   * the packed step time: R runs (R = 1, 4, 8), each its own model, optimiser, CUDA
     stream and captured graph (model.step_impl=graph), replayed in turn, as the packed trainer
-    (reproduce/run/train_packed.py) replays them; ms per round of R steps, in fp32 and with TF32;
+    (reproduce/run/train_packed.py) replays them; ms per round of R steps, in fp32 and with TF32
+    (--precisions; each arm set by lightning_modules/precision.py, its flags, read back, in the JSON);
   * the floor: the step's matmul FLOPs at the measured matmul rate, in each precision;
   * whether TF32 may be used: one epoch of dense medium (the recipe's first epoch: lr 1, dropout
     0.5, clip 5) in fp32 and in TF32, from the same initialisation; TF32 is accepted only if its
@@ -35,10 +36,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
-from lightning_modules.fused_step import LMTrainStep, set_precision  # noqa: E402
+from lightning_modules.errors import UserError  # noqa: E402
+from lightning_modules.fused_step import LMTrainStep  # noqa: E402
 from lightning_modules.lm.language_model import model_size  # noqa: E402
 from lightning_modules.lm.lm_task import LanguageModelTask  # noqa: E402
 from lightning_modules.lm.ptb_data import PTBDataModule  # noqa: E402
+from lightning_modules.precision import PRECISIONS, apply_precision  # noqa: E402
 from lightning_modules.pruning.optim import clipped_parameters  # noqa: E402
 
 CONFIGS = REPO / "reproduce/configs"
@@ -136,7 +139,8 @@ def one_epoch_val_ppl(config: Path, data: PTBDataModule, device: torch.device, t
     return math.exp(total / count)
 
 
-def probe(out: Path, counts: list[int], rounds: int, scale: str = "medium") -> dict:
+def probe(out: Path, counts: list[int], rounds: int, scale: str = "medium",
+          precisions: tuple[str, ...] = PRECISIONS) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tiny = device.type != "cuda"
     config, dense = CONFIGS / f"ptb_{scale}_l0.yaml", CONFIGS / f"ptb_{scale}_dense.yaml"
@@ -151,11 +155,11 @@ def probe(out: Path, counts: list[int], rounds: int, scale: str = "medium") -> d
     result = {"scale": scale, "device": name,
               "flops_per_step": flops_per_step, "precisions": {}, "host_ms_per_step_assumed": HOST_MS_PER_STEP}
     started = time.perf_counter()
-    for precision in ("fp32", "tf32"):
-        set_precision(precision == "tf32")
+    for precision in precisions:
+        flags = apply_precision(precision)
         rate = matmul_rate(device, tiny)
         packs = [time_pack(config, r, windows, device, tiny, rounds) for r in counts]
-        result["precisions"][precision] = {"matmul_tflops": rate / 1e12,
+        result["precisions"][precision] = {"flags": flags, "matmul_tflops": rate / 1e12,
                                            "floor_ms_per_step": 1e3 * flops_per_step / rate,
                                            "packs": packs}
         _write(out, result)
@@ -164,11 +168,16 @@ def probe(out: Path, counts: list[int], rounds: int, scale: str = "medium") -> d
             print(f"{precision}: {p['runs']} packed: {p['ms_per_round']:.3f} ms per round, "
                   f"{p['ms_per_run_step']:.3f} ms per run-step (floor {1e3 * flops_per_step / rate:.3f}); "
                   f"graph {p['graph']}", flush=True)
+    if set(precisions) != set(PRECISIONS):  # the one-epoch check compares the two
+        apply_precision("fp32")
+        result["probe_seconds"] = time.perf_counter() - started
+        _write(out, result)
+        return result
     ppl = {}
-    for precision in ("fp32", "tf32"):
-        set_precision(precision == "tf32")
+    for precision in PRECISIONS:
+        apply_precision(precision)
         ppl[precision] = one_epoch_val_ppl(dense, data, device, tiny, 60 if tiny else None)
-    set_precision(False)
+    apply_precision("fp32")
     gap = abs(ppl["tf32"] - ppl["fp32"]) / ppl["fp32"]
     result["tf32_check"] = {"val_ppl_after_one_epoch": ppl, "relative_gap": gap, "tolerance": TF32_TOLERANCE,
                             "use_tf32": gap <= TF32_TOLERANCE}
@@ -199,7 +208,11 @@ def plan(result: dict, seconds: float, max_runs: int, steps_per_run: int, per_ep
          margin: float = 1.15) -> tuple[int, bool, float]:
     """(runs, tf32, predicted seconds): the most runs that end within `seconds`."""
     tf32 = bool(result.get("tf32_check", {}).get("use_tf32"))
-    packs = result["precisions"]["tf32" if tf32 else "fp32"]["packs"]
+    arm = "tf32" if tf32 else "fp32"
+    if arm not in result["precisions"]:
+        raise UserError(f"the probe did not time {arm}; run `probe.py probe` with --precisions {arm} (the default "
+                        "times both)")
+    packs = result["precisions"][arm]["packs"]
     best, predicted = 0, 0.0
     for runs in range(1, max_runs + 1):
         # the GPU's time per round, or the host's (every run's Lightning loop, one at a time)
@@ -219,6 +232,9 @@ def main() -> int:
     p.add_argument("--counts", default="1,4,8")
     p.add_argument("--rounds", type=int, default=150)
     p.add_argument("--scale", choices=("medium", "large"), default="medium")
+    p.add_argument("--precisions", default=",".join(PRECISIONS),
+                   help="the arms timed, comma-separated, of fp32 and tf32 (each applied by "
+                        "lightning_modules/precision.py, its flags recorded); the TF32 check needs both")
     q = sub.add_parser("plan")
     q.add_argument("probe_json", type=Path)
     q.add_argument("--seconds", type=float, required=True, help="time left for the whole training, test included")
@@ -228,11 +244,18 @@ def main() -> int:
     q.add_argument("--per-epoch-s", type=float, default=0.25,
                    help="host seconds per run and epoch outside the steps (validation, logging)")
     args = parser.parse_args()
-    if args.cmd == "probe":
-        probe(args.out, [int(c) for c in args.counts.split(",")], args.rounds, args.scale)
-        return 0
-    runs, tf32, predicted = plan(json.loads(args.probe_json.read_text()), args.seconds, args.max_runs,
-                                 args.steps_per_run, args.per_epoch_s, args.epochs)
+    try:
+        if args.cmd == "probe":
+            precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+            if not precisions or set(precisions) - set(PRECISIONS):
+                raise UserError(f"--precisions {args.precisions!r}: use fp32, tf32 or fp32,tf32")
+            probe(args.out, [int(c) for c in args.counts.split(",")], args.rounds, args.scale, precisions)
+            return 0
+        runs, tf32, predicted = plan(json.loads(args.probe_json.read_text()), args.seconds, args.max_runs,
+                                     args.steps_per_run, args.per_epoch_s, args.epochs)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"RUNS={runs} TF32={int(tf32)} PREDICTED_S={predicted:.0f}")
     return 0
 

@@ -190,7 +190,7 @@ for (( k = 0; k < RUNS; k++ )); do
  ${SHRINK[*]} ${OVERRIDES[$k]}")
   say "run $((k + 1)): ${NAMES[$k]}: ${CONFIGS[$k]} ${OVERRIDES[$k]}"
 done
-$NICE $PY -m reproduce.run.train_packed $([ "$TF32" = 1 ] && echo --tf32) "${RUN_ARGS[@]}" > "$R/packed.log" 2>&1 &
+$NICE $PY -m reproduce.run.train_packed --precision "$([ "$TF32" = 1 ] && echo tf32 || echo fp32)" "${RUN_ARGS[@]}" > "$R/packed.log" 2>&1 &
 PACKED=$!
 last_sample=0; last_pack=$(el)
 while kill -0 $PACKED 2>/dev/null && [ "$(el)" -lt "$DEADLINE" ]; do
