@@ -268,11 +268,12 @@ def test_a_member_that_diverges_is_named_in_one_line_and_the_others_finish(tmp_p
     from reproduce.run.train_batched import run_batched
 
     member_args = _job_args(tmp_path, ("iss",))
-    # weights of 1e30: the first logits overflow and the loss is NaN at the first step
-    member_args.append([*JOB["l0"], "--run_dir", str(tmp_path / "bad"), *SHRINK, "--model.init_scale=1e30"])
+    # a learning rate of NaN: the first update makes every weight NaN, the second step's loss is NaN
+    member_args.append([*JOB["l0"], "--run_dir", str(tmp_path / "bad"), *SHRINK, "--model.lr=.nan"])
     assert run_batched(member_args, step_impl="fused", checkpoint_every=0) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error: member")]
     assert len(lines) == 1 and str(tmp_path / "bad") in lines[0] and "diverged" in lines[0]
+    assert "at step 1" in lines[0]  # named during training, at its first non-finite step
     assert (tmp_path / "iss" / "result.json").exists()
     assert not (tmp_path / "bad" / "result.json").exists()

@@ -1,6 +1,7 @@
 """Which runs of the paper profile a GPU window trains (reproduce/measure/gpu/window.sh reads them here):
 `python -m reproduce.orchestrate.gpu_window medium|large --records DIR [--rerun]` prints one line per
-run, its name, config and overrides, tab-separated, in the profile's order.
+run, its name, config, arguments after the config (its seed and overrides) and precision, tab-separated,
+in the profile's order.
 
 The window has no list of its own: the runs are the paper profile's (reproduce/profiles/ptb.yaml), so
 the two cannot drift apart.
@@ -29,6 +30,17 @@ def window_runs(kind: str, records: Path, rerun: bool = False) -> tuple[list[Pla
     return [run for run in runs if run.name not in recorded], recorded
 
 
+def run_arguments(run: PlannedRun) -> list[str]:
+    """What follows the config in the run's command: its seed (if the profile gives one), its overrides."""
+    return [*([f"--seed_everything={run.seed}"] if run.seed is not None else []), *run.overrides]
+
+
+def run_precision(run: PlannedRun) -> str:
+    """The precision the run trains in: its --precision override, else fp32 (the training default)."""
+    given = [a.split("=", 1)[1] for a in run.overrides if a.startswith("--precision=")]
+    return given[-1] if given else "fp32"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=("medium", "large"))
@@ -37,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs, recorded = window_runs(args.kind, args.records, args.rerun)
     for run in runs:
-        print(run.name, run.config, " ".join(run.overrides), sep="\t")
+        print(run.name, run.config, " ".join(run_arguments(run)), run_precision(run), sep="\t")
     if recorded:
         print(f"recorded in {args.records}, not trained again: {' '.join(recorded)}", file=sys.stderr)
     return 0

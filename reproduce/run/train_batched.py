@@ -87,7 +87,7 @@ def default_job_dir(run_dirs: list[Path]) -> Path:
     return run_dirs[0].parent / f"batched-{key}"
 
 
-def build_job(member_args: list[list[str]], job_dir: str | None, echo=sys.stderr) -> Job | None:
+def build_job(member_args: list[list[str]], job_dir: str | None, echo) -> Job | None:
     from lightning_modules.lm.batched import CounterNoise, Member
     from lightning_modules.pruning.optim import clipped_parameters
 
@@ -250,7 +250,7 @@ def _check_members(job: Job, step_fn, echo) -> None:
                   "train on)", file=echo)
 
 
-def train_job(job: Job, *, step_impl: str, checkpoint_every: int, echo=sys.stderr) -> dict:
+def train_job(job: Job, *, step_impl: str, checkpoint_every: int, echo) -> dict:
     from lightning_modules.lm.batched import BatchedLMTrainStep, batched_eval_nll
     from lightning_modules.precision import apply_precision
 
@@ -332,7 +332,8 @@ def train_job(job: Job, *, step_impl: str, checkpoint_every: int, echo=sys.stder
 
 
 def run_batched(member_args: list[list[str]], *, step_impl: str = "graph", checkpoint_every: int = 500,
-                job_dir: str | None = None, echo=sys.stderr) -> int:
+                job_dir: str | None = None, echo=None) -> int:
+    echo = echo or sys.stderr  # looked up now: a test's captured stderr
     started = time.time()
     commit = git_commit()
     quiet_known_warnings()

@@ -1,36 +1,37 @@
-"""The GPU window's probe and plan (reproduce/measure/gpu/window.sh): how many medium runs finish in time.
+"""The GPU window's probe and plan (reproduce/measure/gpu/window.sh): how many medium runs finish in time,
+and whether batched or packed.
 
-  python reproduce/measure/gpu/probe.py probe --out probe.json     # ~40 s on one H200
-  python reproduce/measure/gpu/probe.py plan probe.json --seconds 380 --max-runs 7
+  python reproduce/measure/gpu/probe.py probe --out probe.json     # ~60 s on one H100/H200
+  python reproduce/measure/gpu/probe.py plan probe.json --seconds 380 --precisions fp32,fp32,tf32
 
-`probe` measures, on real PTB windows, at medium (or --scale large):
-  * the packed step time: R runs (R = 1, 4, 8), each its own model, optimiser, CUDA
-    stream and captured graph (model.step_impl=graph), replayed in turn, as the packed trainer
-    (reproduce/run/train_packed.py) replays them; ms per round of R steps, in fp32 and with TF32
-    (--precisions; each arm set by lightning_modules/precision.py, its flags, read back, in the JSON);
-  * the floor: the step's matmul FLOPs at the measured matmul rate, in each precision;
-  * whether TF32 may be used: one epoch of dense medium (the recipe's first epoch: lr 1, dropout
-    0.5, clip 5) in fp32 and in TF32, from the same initialisation; TF32 is accepted only if its
-    validation perplexity is within 0.5 % of fp32's.
-It times the step only: the Lightning loop around it (logging, callbacks, the turn hand-over) adds
-host time per step, which `plan` allows for with HOST_MS_PER_STEP.
+`probe` measures, on real PTB windows, at medium (or --scale large), in fp32 and in TF32 (--precisions;
+each arm set by lightning_modules/precision.py, its flags, read back, in the JSON):
+  * the batched step time (--batched, default 1,4,7 members): one BatchedLMTrainStep
+    (lightning_modules/lm/batched.py) over R members of the window's methods in turn (L0, ISS, dense,
+    magnitude, ...), captured as one CUDA graph; ms per step of all R;
+  * the packed step time (--counts, default 1,4,8): R runs, each its own model, optimiser, CUDA stream
+    and captured graph, replayed in turn, as the packed trainer (reproduce/run/train_packed.py) does;
+  * the floor: the step's matmul FLOPs at the measured matmul rate.
+It times the step only: the loop around it adds host time per step, which `plan` allows for.
+TF32 is not decided here: one epoch cannot tell (two fp32 runs of one seed differ by 0.94 % after it);
+the TF32 controls, trained to the end beside the comparison, decide it (reproduce/measure/gpu/README.md).
 
-`plan` prints `RUNS=<n> TF32=<0|1>`: the most runs (in the window's order) whose whole training
-(39 epochs, validation, test) is predicted to end within --seconds, at the interpolated packed step
-time, with a safety margin. Without CUDA (the dry run) `probe` runs the same code on a tiny model.
+`plan` prints `RUNS=<n> MODE=<batched|packed> PREDICTED_S=<s>`: the most runs of the window's list (in its
+order, each of the precision --precisions gives it) whose whole training (epochs, validation, test) is
+predicted to end within --seconds, batched (each precision one group of the step: their times add) or
+packed (one precision only: the packed trainer's flags are the process's), whichever fits more (then:
+whichever is faster). Without CUDA (the dry run) `probe` runs the same code on a tiny model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 
 REPO = Path(__file__).resolve().parents[3]
@@ -49,7 +50,9 @@ TINY = {"embedding_dim": 16, "hidden_sizes": [16, 16]}
 # host time per training step and run that the Lightning loop adds on top of the step itself;
 # measured on this project's 2-core CPU machine: 0.3 ms (tiny model, fused step, 2 busy cores)
 HOST_MS_PER_STEP = 0.4
-TF32_TOLERANCE = 0.005  # relative validation perplexity, after one epoch
+# the batched trainer's loop per step (one graph replay for all members, a window copied in): not
+# measured yet; the packed loop's 0.4 ms of one run is its stand-in
+BATCHED_HOST_MS = 0.4
 END_S = 6.0  # per run: the test stream at batch 1 (2,350 windows), export, result
 
 
@@ -58,6 +61,8 @@ def _model_args(config: Path, tiny: bool) -> dict:
     model.update(vocab_size=10000, gate_history_every=0, step_impl="graph")
     if tiny:
         model.update(TINY)
+        if model.get("target_neurons"):  # magnitude's targets, within the tiny layers
+            model["target_neurons"] = [h // 2 for h in TINY["hidden_sizes"]]
     return model
 
 
@@ -108,6 +113,51 @@ def time_pack(config: Path, runs: int, windows: list, device: torch.device, tiny
     return {"runs": runs, "ms_per_round": ms, "ms_per_run_step": ms / runs, "graph": captured}
 
 
+# the members a batched probe of R builds, in turn: the window's methods (their configs' recipes)
+BATCHED_METHODS = ("l0", "group_lasso", "dense", "magnitude")
+
+
+def _member(config: Path, seed: int, device: torch.device, tiny: bool, precision: str):
+    from lightning_modules.lm.batched import CounterNoise, Member
+
+    torch.manual_seed(seed)
+    task = LanguageModelTask(**_model_args(config, tiny)).to(device).train()
+    optimizer = task.configure_optimizers()["optimizer"]
+    hp = task.hparams
+    return task, Member(name=f"{config.stem}_seed{seed}", model=task.model, pruning=task.pruning,
+                        optimizer=optimizer, clipped=clipped_parameters(task.model.weight_parameters(),
+                                                                        task.model.gate_parameters(), hp.gate_update),
+                        max_grad_norm=hp.max_grad_norm, loss_metric=task.train_ce, penalty_metric=task.train_penalty,
+                        noise=CounterNoise(seed, device), precision=precision)
+
+
+def time_batched(scale: str, members: int, windows: list, device: torch.device, tiny: bool, rounds: int,
+                 precision: str) -> dict:
+    """ms per batched step of `members` members (all of one precision), after warm-up and capture."""
+    from lightning_modules.lm.batched import BatchedLMTrainStep
+
+    configs = [CONFIGS / f"ptb_{scale}_{m}.yaml" for m in BATCHED_METHODS]
+    made = [_member(configs[i % len(configs)], i + 1, device, tiny, precision) for i in range(members)]
+    tasks = [t for t, _ in made]  # the magnitude member needs its task's targets: keep the tasks alive
+    step = BatchedLMTrainStep([m for _, m in made], mode="graph", device=device, set_precision=apply_precision)
+    warm = 6  # 3 eager warm-up steps, the capture, then replays
+    for n in range(1, warm + 1):
+        x, y = windows[n % len(windows)]
+        step(x, y, n)
+    _sync(device)
+    start = time.perf_counter()
+    for n in range(warm + 1, warm + 1 + rounds):
+        x, y = windows[n % len(windows)]
+        step(x, y, n)
+    _sync(device)
+    ms = 1e3 * (time.perf_counter() - start) / rounds
+    captured = step.mode == "graph" and bool(step._graphs)
+    del step, made, tasks
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"members": members, "ms_per_step": ms, "ms_per_member_step": ms / members, "graph": captured}
+
+
 def matmul_rate(device: torch.device, tiny: bool) -> float:
     n = 256 if tiny else 8192
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
@@ -120,30 +170,11 @@ def matmul_rate(device: torch.device, tiny: bool) -> float:
     return 2 * n ** 3 * 5 / (time.perf_counter() - start)
 
 
-def one_epoch_val_ppl(config: Path, data: PTBDataModule, device: torch.device, tiny: bool,
-                      max_windows: int | None) -> float:
-    """The dense model, seed 1, one epoch of its recipe (the first epoch's lr 1.0), then validation."""
-    task, step = _make_step(config, 1, device, tiny)
-    for n, (x, y) in enumerate(data.train_dataloader(), 1):
-        if max_windows and n > max_windows:
-            break
-        step(x.to(device), y.to(device), n)
-    task.eval()
-    total, count, state = 0.0, 0, None
-    with torch.no_grad():
-        for x, y in data.val_dataloader():
-            logits, state = task.model(x.to(device), state)
-            y = y.to(device)
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
-            count += y.numel()
-    return math.exp(total / count)
-
-
 def probe(out: Path, counts: list[int], rounds: int, scale: str = "medium",
-          precisions: tuple[str, ...] = PRECISIONS) -> dict:
+          precisions: tuple[str, ...] = PRECISIONS, batched: tuple[int, ...] = (1, 4, 7)) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tiny = device.type != "cuda"
-    config, dense = CONFIGS / f"ptb_{scale}_l0.yaml", CONFIGS / f"ptb_{scale}_dense.yaml"
+    config = CONFIGS / f"ptb_{scale}_l0.yaml"
     spec = yaml.safe_load(config.read_text())
     recipe, epochs = spec["model"], spec["trainer"]["max_epochs"]
     data = PTBDataModule(batch_size=20, num_steps=35, **({"train_tokens": 20000} if tiny else {}))
@@ -152,39 +183,33 @@ def probe(out: Path, counts: list[int], rounds: int, scale: str = "medium",
     sizes = model_size(10000, *((16, [16, 16]) if tiny else (recipe["embedding_dim"], recipe["hidden_sizes"])))
     flops_per_step = 3 * sizes["flops_per_token"] * 20 * 35
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (dry run, tiny model)"
-    result = {"scale": scale, "device": name,
-              "flops_per_step": flops_per_step, "precisions": {}, "host_ms_per_step_assumed": HOST_MS_PER_STEP}
+    result = {"scale": scale, "device": name, "flops_per_step": flops_per_step, "precisions": {},
+              "host_ms_per_step_assumed": HOST_MS_PER_STEP, "batched_host_ms_per_step_assumed": BATCHED_HOST_MS}
     started = time.perf_counter()
     for precision in precisions:
         flags = apply_precision(precision)
         rate = matmul_rate(device, tiny)
-        packs = [time_pack(config, r, windows, device, tiny, rounds) for r in counts]
-        result["precisions"][precision] = {"flags": flags, "matmul_tflops": rate / 1e12,
-                                           "floor_ms_per_step": 1e3 * flops_per_step / rate,
-                                           "packs": packs}
-        _write(out, result)
-        for p in packs:  # training only: R runs of epochs x 1327 steps take that many rounds
+        arm = result["precisions"][precision] = {"flags": flags, "matmul_tflops": rate / 1e12,
+                                                 "floor_ms_per_step": 1e3 * flops_per_step / rate,
+                                                 "batched": [], "packs": []}
+        for r in batched:  # the batched trainer first: the window's first choice
+            b = time_batched(scale, r, windows, device, tiny, rounds, precision)
+            arm["batched"].append(b)
+            _write(out, result)
+            print(f"{precision}: {r} batched: {b['ms_per_step']:.3f} ms per step, {b['ms_per_member_step']:.3f} ms "
+                  f"per member-step (floor {1e3 * flops_per_step / rate:.3f}); graph {b['graph']}", flush=True)
+        for r in counts:
+            p = time_pack(config, r, windows, device, tiny, rounds)
+            # training only: R runs of epochs x 1327 steps take that many rounds
             p["runs_per_10_min"] = p["runs"] * 600 / (epochs * 1327 * p["ms_per_round"] / 1e3)
+            arm["packs"].append(p)
+            _write(out, result)
             print(f"{precision}: {p['runs']} packed: {p['ms_per_round']:.3f} ms per round, "
                   f"{p['ms_per_run_step']:.3f} ms per run-step (floor {1e3 * flops_per_step / rate:.3f}); "
                   f"graph {p['graph']}", flush=True)
-    if set(precisions) != set(PRECISIONS):  # the one-epoch check compares the two
-        apply_precision("fp32")
-        result["probe_seconds"] = time.perf_counter() - started
-        _write(out, result)
-        return result
-    ppl = {}
-    for precision in PRECISIONS:
-        apply_precision(precision)
-        ppl[precision] = one_epoch_val_ppl(dense, data, device, tiny, 60 if tiny else None)
     apply_precision("fp32")
-    gap = abs(ppl["tf32"] - ppl["fp32"]) / ppl["fp32"]
-    result["tf32_check"] = {"val_ppl_after_one_epoch": ppl, "relative_gap": gap, "tolerance": TF32_TOLERANCE,
-                            "use_tf32": gap <= TF32_TOLERANCE}
     result["probe_seconds"] = time.perf_counter() - started
     _write(out, result)
-    print(f"one epoch of dense {scale}: val ppl fp32 {ppl['fp32']:.3f}, tf32 {ppl['tf32']:.3f} (gap {100 * gap:.3f} %, "
-          f"tolerance {100 * TF32_TOLERANCE} %): {'TF32' if gap <= TF32_TOLERANCE else 'fp32'}", flush=True)
     return result
 
 
@@ -193,35 +218,62 @@ def _write(out: Path, result: dict) -> None:
     out.write_text(json.dumps(result, indent=1))
 
 
-def round_ms(packs: list[dict], runs: int) -> float:
-    """ms per round at `runs` packed, linear between the measured counts (beyond them: per run-step)."""
-    pts = sorted((p["runs"], p["ms_per_round"]) for p in packs)
-    if runs <= pts[0][0]:
-        return pts[0][1] * runs / pts[0][0]
+def interpolate(points: list[tuple[int, float]], n: int) -> float:
+    """The time at n of (count, ms) points, linear between the measured counts, proportional beyond."""
+    pts = sorted(points)
+    if n <= 0:
+        return 0.0
+    if n <= pts[0][0]:
+        return pts[0][1] * n / pts[0][0]
     for (r0, m0), (r1, m1) in zip(pts, pts[1:]):
-        if runs <= r1:
-            return m0 + (m1 - m0) * (runs - r0) / (r1 - r0)
-    return pts[-1][1] * runs / pts[-1][0]
+        if n <= r1:
+            return m0 + (m1 - m0) * (n - r0) / (r1 - r0)
+    return pts[-1][1] * n / pts[-1][0]
 
 
-def plan(result: dict, seconds: float, max_runs: int, steps_per_run: int, per_epoch_s: float, epochs: int,
-         margin: float = 1.15) -> tuple[int, bool, float]:
-    """(runs, tf32, predicted seconds): the most runs that end within `seconds`."""
-    tf32 = bool(result.get("tf32_check", {}).get("use_tf32"))
-    arm = "tf32" if tf32 else "fp32"
-    if arm not in result["precisions"]:
-        raise UserError(f"the probe did not time {arm}; run `probe.py probe` with --precisions {arm} (the default "
-                        "times both)")
-    packs = result["precisions"][arm]["packs"]
-    best, predicted = 0, 0.0
-    for runs in range(1, max_runs + 1):
+def round_ms(packs: list[dict], runs: int) -> float:
+    """ms per round at `runs` packed."""
+    return interpolate([(p["runs"], p["ms_per_round"]) for p in packs], runs)
+
+
+def _arm(result: dict, precision: str) -> dict:
+    if precision not in result["precisions"]:
+        raise UserError(f"the probe did not time {precision}; run `probe.py probe` with --precisions {precision} "
+                        "(the default times both)")
+    return result["precisions"][precision]
+
+
+def predict(result: dict, mode: str, precisions: list[str], steps: int, per_epoch_s: float, epochs: int,
+            margin: float = 1.15) -> float | None:
+    """Predicted seconds for these runs (one precision each) to train, validate and test; None where the
+    mode cannot train them together (packed: one precision per process)."""
+    runs = len(precisions)
+    counts = {p: precisions.count(p) for p in dict.fromkeys(precisions)}
+    if mode == "packed":
+        if len(counts) > 1:
+            return None
         # the GPU's time per round, or the host's (every run's Lightning loop, one at a time)
-        ms = max(round_ms(packs, runs), runs * HOST_MS_PER_STEP)
-        # validation per epoch, then test (the stream at batch 1) and export at the end, run by run
-        total = margin * (steps_per_run * ms / 1e3 + runs * (per_epoch_s * epochs + END_S))
-        if total <= seconds:
-            best, predicted = runs, total
-    return best, tf32, predicted
+        ms = max(round_ms(_arm(result, precisions[0])["packs"], runs), runs * HOST_MS_PER_STEP)
+    else:  # each precision group runs its own batched forward and backward, one after the other
+        ms = sum(interpolate([(b["members"], b["ms_per_step"]) for b in _arm(result, p)["batched"]], n)
+                 for p, n in counts.items())
+        ms = max(ms, BATCHED_HOST_MS)
+    # validation per epoch, then test (the stream at batch 1) and export at the end, run by run
+    return margin * (steps * ms / 1e3 + runs * (per_epoch_s * epochs + END_S))
+
+
+def plan(result: dict, seconds: float, precisions: list[str], steps_per_run: int, per_epoch_s: float,
+         epochs: int, margin: float = 1.15) -> tuple[int, str, float]:
+    """(runs, mode, predicted seconds): the most of the runs, in order, that end within `seconds`."""
+    best = (0, "batched", 0.0)
+    for runs in range(1, len(precisions) + 1):
+        for mode in ("batched", "packed"):
+            if mode == "batched" and not _arm(result, precisions[0]).get("batched"):
+                continue  # a probe from before the batched trainer
+            total = predict(result, mode, precisions[:runs], steps_per_run, per_epoch_s, epochs, margin)
+            if total is not None and total <= seconds and (runs > best[0] or total < best[2]):
+                best = (runs, mode, total)
+    return best
 
 
 def main() -> int:
@@ -229,16 +281,18 @@ def main() -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("probe")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--counts", default="1,4,8")
+    p.add_argument("--counts", default="1,4,8", help="packed runs timed")
+    p.add_argument("--batched", default="1,4,7", help="batched members timed")
     p.add_argument("--rounds", type=int, default=150)
     p.add_argument("--scale", choices=("medium", "large"), default="medium")
     p.add_argument("--precisions", default=",".join(PRECISIONS),
                    help="the arms timed, comma-separated, of fp32 and tf32 (each applied by "
-                        "lightning_modules/precision.py, its flags recorded); the TF32 check needs both")
+                        "lightning_modules/precision.py, its flags recorded)")
     q = sub.add_parser("plan")
     q.add_argument("probe_json", type=Path)
     q.add_argument("--seconds", type=float, required=True, help="time left for the whole training, test included")
-    q.add_argument("--max-runs", type=int, default=7)
+    q.add_argument("--precisions", required=True,
+                   help="the window's runs, in order: each one's precision, comma-separated (fp32,fp32,tf32)")
     q.add_argument("--steps-per-run", type=int, default=39 * 1327)
     q.add_argument("--epochs", type=int, default=39)
     q.add_argument("--per-epoch-s", type=float, default=0.25,
@@ -249,14 +303,16 @@ def main() -> int:
             precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
             if not precisions or set(precisions) - set(PRECISIONS):
                 raise UserError(f"--precisions {args.precisions!r}: use fp32, tf32 or fp32,tf32")
-            probe(args.out, [int(c) for c in args.counts.split(",")], args.rounds, args.scale, precisions)
+            probe(args.out, [int(c) for c in args.counts.split(",")], args.rounds, args.scale, precisions,
+                  tuple(int(c) for c in args.batched.split(",")))
             return 0
-        runs, tf32, predicted = plan(json.loads(args.probe_json.read_text()), args.seconds, args.max_runs,
+        runs, mode, predicted = plan(json.loads(args.probe_json.read_text()), args.seconds,
+                                     [p.strip() for p in args.precisions.split(",") if p.strip()],
                                      args.steps_per_run, args.per_epoch_s, args.epochs)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"RUNS={runs} TF32={int(tf32)} PREDICTED_S={predicted:.0f}")
+    print(f"RUNS={runs} MODE={mode} PREDICTED_S={predicted:.0f}")
     return 0
 
 

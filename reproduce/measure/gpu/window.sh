@@ -1,20 +1,23 @@
 #!/bin/bash
-# One GPU window on one H200, under 9 minutes (reproduce/measure/gpu/README.md says how to run it). The medium
-# plan (default), by elapsed seconds:
+# One GPU window on one H100/H200, under 9 minutes (reproduce/measure/gpu/README.md says how to run it). The
+# medium plan (default), by elapsed seconds:
 #   1. environment (~40 s): the wheels carried in .whl/ if the image lacks jsonargparse or datasets;
-#   2. the CUDA tests that check graph-mode numbers (~30 s, stop at the first failure): if they fail,
-#      the runs train with model.step_impl=fused instead of graph;
-#   3. the probe (~40 s, reproduce/measure/gpu/probe.py): the packed step time with 1, 4 and 8 runs, in fp32
-#      and TF32, the floor, and one epoch of the dense model in each precision (TF32 only if its
-#      validation perplexity is within 0.5 % of fp32's); then the plan: how many runs finish by DEADLINE;
-#   4. that many medium runs, packed in ONE process (reproduce/run/train_packed.py: each its own stream and
-#      captured graph, replayed in turn), in this order: dense, L0 lambda 1, ISS lambda 1, L0 lambda 2,
-#      ISS lambda 2, structured magnitude, direct design (the last two at sizes fixed in their configs,
-#      so no run waits for another). No checkpoints on the way (they never come back); at DEADLINE a
-#      run still training gets SIGTERM, checkpoints and stops (it is labelled not finished);
+#   2. the CUDA tests that check graph-mode numbers, the batched step's included (~30 s, stop at the first
+#      failure): if they fail, the runs train with model.step_impl=fused instead of graph;
+#   3. the probe (~60 s, reproduce/measure/gpu/probe.py): the batched step time with 1, 4 and 7 members and the
+#      packed step time with 1, 4 and 8 runs, in fp32 and TF32, and the floor; then the plan: how many runs of
+#      the list finish by DEADLINE (WINDOW_TRAIN_S: the training seconds the whole lent period may give),
+#      batched or packed, whichever fits more;
+#   4. that many medium runs, in this order: L0 lambda 1, ISS lambda 1, L0 lambda 2, ISS lambda 2,
+#      structured magnitude, direct design (the last two at sizes fixed in their configs, so no run waits
+#      for another), then the TF32 controls (dense and L0 in TF32, seeds 1 and 2; medium dense fp32 is
+#      recorded), less what is recorded: as ONE batched model (reproduce/run/train_batched.py; the TF32
+#      controls are a second precision group of the same step) or packed in one process. The batched job
+#      checkpoints on this machine's disk (every WINDOW_CKPT_STEPS steps and at DEADLINE's SIGTERM): the same
+#      command, called again while the machine is warm, skips 2 and 3 and resumes it;
 #   5. the finished exports timed on the GPU and on the machine's CPU; the step bench only in what is
 #      left before END; everything packed into at most 8 files of at most 16 MiB under $OUT.
-# WINDOW_PLAN=large: the large runs (dense, L0, then ISS if the probe says they fit), packed, the same way.
+# WINDOW_PLAN=large: the large runs (dense, L0, then ISS if the probe says they fit), the same way.
 # WINDOW_PLAN=small instead runs issue 12's whole small comparison (every run of the small
 # profile, side by side, step_impl=graph), times each export on the machine's CPU (one thread) and
 # packs the run records: see reproduce/measure/gpu/README.md.
@@ -37,10 +40,10 @@ if [ "$DRY" = 1 ]; then
   PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
   DEADLINE=${WINDOW_DEADLINE_S:-400}; END=${WINDOW_END_S:-470}
   TEST_S=90; PROBE_S=150; NICE=${WINDOW_NICE-nice -n 19}  # WINDOW_NICE= : not niced (a busy machine starves nice 19)
-  PROBE=(--rounds 3); STEPS_PER_RUN=16  # two epochs of 8 windows
+  PROBE=(--rounds 2 --counts 1,2 --batched 1,2); STEPS_PER_RUN=16  # two epochs of 8 windows
   export OMP_NUM_THREADS=1
   # magnitude's targets and schedule shrunk too (every method takes them; only magnitude uses them)
-  SHRINK=(--data.train_tokens=6000 --model.embedding_dim=16 "--model.hidden_sizes=[16,16]"
+  SHRINK=(--data.train_tokens=6000 --data.eval_tokens=4000 --model.embedding_dim=16 "--model.hidden_sizes=[16,16]"
           --trainer.max_epochs=2 --data.test_batch_size=20 "--model.target_neurons=[8,8]"
           --model.prune_begin_step=2 --model.prune_end_step=12 --model.prune_every=2)
   BENCH=(--steps --quick --methods dense,l0)
@@ -138,62 +141,84 @@ pack() {  # what must come back, repacked whenever called (a window cut short ke
       tar czf "$OUT/runs_$KIND.tgz" -C "$R" "${TAR_EXCLUDE[@]}" --exclude=gate_history.jsonl $files 2>/dev/null
     fi
   fi
-  # the packed trainer's log: every run's lines; its tail if it would pass the limit
-  [ -f "$R/packed.log" ] && tail -c 15000000 "$R/packed.log" > "$OUT/packed.log"
+  # the trainer's log (batched or packed): every run's lines; its tail if it would pass the limit
+  [ -f "$R/train.log" ] && tail -c 15000000 "$R/train.log" > "$OUT/train.log"
   cp -f "$R/probe.json" "$R/speed.log" "$OUT/" 2>/dev/null
   return 0
 }
 
 # ---- 2. the CUDA tests that check graph-mode numbers ------------------------------------------------
 KIND=${WINDOW_PLAN:-medium}
-IMPL=graph
-timeout "$TEST_S" $NICE $PY -m pytest tests/test_cuda.py -m "not slow" -x -q -p no:cacheprovider \
-  -k "graph_step_captures or stale" > "$OUT/pytest_cuda.txt" 2>&1
-rc=$?
-say "graph tests rc=$rc: $(tail -1 "$OUT/pytest_cuda.txt")"
-if [ $rc != 0 ] && [ "$DRY" != 1 ]; then IMPL=fused; say "graph-mode numbers unchecked or wrong: the runs train with step_impl=fused"; fi
+JOB=$R/batched_$KIND  # the batched job's file and member list: a later call of the same lent period resumes it
+IMPL=$(cat "$JOB/step_impl" 2>/dev/null || echo graph)
+if [ ! -f "$JOB/members.tsv" ]; then  # a resumed job was checked and probed by the call that started it
+  timeout "$TEST_S" $NICE $PY -m pytest tests/test_cuda.py -m "not slow" -x -q -p no:cacheprovider \
+    -k "graph_step_captures or stale" > "$OUT/pytest_cuda.txt" 2>&1
+  rc=$?
+  say "graph tests rc=$rc: $(tail -1 "$OUT/pytest_cuda.txt")"
+  if [ $rc != 0 ] && [ "$DRY" != 1 ]; then IMPL=fused; say "graph-mode numbers unchecked or wrong: the runs train with step_impl=fused"; fi
 
 # ---- 3. the probe and the plan ----------------------------------------------------------------------
-timeout "$PROBE_S" $NICE $PY reproduce/measure/gpu/probe.py probe --scale "$([ "$KIND" = large ] && echo large || echo medium)" --out "$R/probe.json" "${PROBE[@]}" > "$R/probe.log" 2>&1
-say "probe rc=$?"
-grep -E "packed|one epoch" "$R/probe.log" >> "$LOG"
+  timeout "$PROBE_S" $NICE $PY reproduce/measure/gpu/probe.py probe --scale "$([ "$KIND" = large ] && echo large || echo medium)" --out "$R/probe.json" "${PROBE[@]}" > "$R/probe.log" 2>&1
+  say "probe rc=$?"
+  grep -E "packed|batched" "$R/probe.log" >> "$LOG"
+fi
 # the runs, in the paper profile's order (reproduce/profiles/ptb.yaml: each experiment defined once):
-# medium: dense, L0 lambda 1, ISS lambda 1, L0 lambda 2, ISS lambda 2, magnitude, direct; large: dense,
-# L0, ISS (its fine-tuning and direct design wait for other runs: not in a window). A run whose record
-# is committed (an earlier window finished it) is not trained again, so each window takes the next runs
-# of the order; the dry run (a check of the whole schedule) and WINDOW_RERUN=1 take them all.
+# medium: dense, L0 lambda 1, ISS lambda 1, L0 lambda 2, ISS lambda 2, magnitude, direct, then the TF32
+# controls (dense and L0 in TF32, seeds 1 and 2); large: dense, L0, ISS (its fine-tuning and direct design
+# wait for other runs: not in a window). A run whose record is committed (an earlier window finished it)
+# is not trained again, so each window takes the next runs of the order; the dry run (a check of the
+# whole schedule) and WINDOW_RERUN=1 take them all.
 RECORDS=reproduce/measured/ptb_$KIND
-NAMES=(); CONFIGS=(); OVERRIDES=()
-while IFS=$'\t' read -r name config overrides; do
-  NAMES+=("$name"); CONFIGS+=("$config"); OVERRIDES+=("$overrides")
-done < <($PY -m reproduce.orchestrate.gpu_window "$KIND" --records "$RECORDS" \
-           $([ "$DRY" = 1 ] || [ "${WINDOW_RERUN:-0}" = 1 ] && echo --rerun) 2>> "$LOG")
+NAMES=(); CONFIGS=(); OVERRIDES=(); PRECS=()
+if [ -f "$JOB/members.tsv" ]; then
+  LIST="$JOB/members.tsv"; say "a batched job of an earlier call is here: it resumes ($JOB)"
+else
+  LIST=$(mktemp); $PY -m reproduce.orchestrate.gpu_window "$KIND" --records "$RECORDS" \
+    $([ "$DRY" = 1 ] || [ "${WINDOW_RERUN:-0}" = 1 ] && echo --rerun) > "$LIST" 2>> "$LOG"
+fi
+while IFS=$'\t' read -r name config overrides precision; do
+  NAMES+=("$name"); CONFIGS+=("$config"); OVERRIDES+=("$overrides"); PRECS+=("$precision")
+done < "$LIST"
 [ ${#NAMES[@]} = 0 ] && { say "every run of this plan is recorded in $RECORDS (WINDOW_RERUN=1 trains them again)"; pack; exit 0; }
 if [ "$KIND" = large ]; then
-  PLAN_ARGS=(--max-runs 3 --steps-per-run $(( STEPS_PER_RUN > 0 ? STEPS_PER_RUN : 55 * 1327 )) --epochs 55)
+  NAMES=("${NAMES[@]:0:3}"); EPOCHS=55
 else
-  PLAN_ARGS=(--max-runs ${#NAMES[@]} --steps-per-run $(( STEPS_PER_RUN > 0 ? STEPS_PER_RUN : 39 * 1327 )) --epochs 39)
+  EPOCHS=39
 fi
 say "runs of the paper profile for this plan: ${NAMES[*]}"
-PLAN=$($PY reproduce/measure/gpu/probe.py plan "$R/probe.json" --seconds $(( DEADLINE - $(el) )) "${PLAN_ARGS[@]}" 2>> "$LOG")
-eval "$PLAN"  # RUNS=, TF32=, PREDICTED_S=
-if [ -z "${RUNS:-}" ]; then RUNS=4; TF32=0; say "no plan (probe failed): 4 runs in fp32"; fi
-[ "$KIND" = large ] && [ "$RUNS" -lt 2 ] && { RUNS=2; say "large: dense and L0 start anyway; they stop at the deadline, not finished"; }
-[ "$RUNS" -lt 1 ] && RUNS=1
-say "plan: $PLAN -> $RUNS runs packed, step_impl=$IMPL, tf32=$TF32"
+if [ -f "$JOB/members.tsv" ]; then
+  RUNS=${#NAMES[@]}; MODE=batched; PLAN="resumed"
+else
+  PLAN=$($PY reproduce/measure/gpu/probe.py plan "$R/probe.json" --seconds ${WINDOW_TRAIN_S:-$(( DEADLINE - $(el) ))} \
+    --precisions "$(IFS=,; echo "${PRECS[*]:0:${#NAMES[@]}}")" --epochs $EPOCHS \
+    --steps-per-run $(( STEPS_PER_RUN > 0 ? STEPS_PER_RUN : EPOCHS * 1327 )) 2>> "$LOG")
+  eval "$PLAN"  # RUNS=, MODE=, PREDICTED_S=
+  if [ -z "${RUNS:-}" ]; then RUNS=4; MODE=batched; say "no plan (probe failed): 4 runs batched"; fi
+  [ "$KIND" = large ] && [ "$RUNS" -lt 2 ] && { RUNS=2; say "large: dense and L0 start anyway; they stop at the deadline, not finished"; }
+  [ "$RUNS" -lt 1 ] && RUNS=1
+  if [ "$MODE" = batched ]; then mkdir -p "$JOB"; head -n "$RUNS" "$LIST" > "$JOB/members.tsv"; echo "$IMPL" > "$JOB/step_impl"; fi
+fi
+say "plan: $PLAN -> $RUNS runs $MODE, step_impl=$IMPL, precisions ${PRECS[*]:0:$RUNS}"
 
-# ---- 4. the runs, packed in one process ---------------------------------------------------------------
+# ---- 4. the runs: one batched model (reproduce/run/train_batched.py), or packed in one process ------
 RUN_ARGS=()
 for (( k = 0; k < RUNS; k++ )); do
-  RUN_ARGS+=(--run "--config reproduce/configs/${CONFIGS[$k]} --run_dir $R/${NAMES[$k]} --profile paper --wandb disabled
+  RUN_ARGS+=("$([ "$MODE" = batched ] && echo --member || echo --run)" "--config reproduce/configs/${CONFIGS[$k]} --run_dir $R/${NAMES[$k]} --profile paper --wandb disabled
  --model.step_impl=$IMPL --checkpoint_every_n_steps=0 --checkpoint_every_epoch=false --trainer.enable_progress_bar=false
  ${SHRINK[*]} ${OVERRIDES[$k]}")
-  say "run $((k + 1)): ${NAMES[$k]}: ${CONFIGS[$k]} ${OVERRIDES[$k]}"
+  say "run $((k + 1)): ${NAMES[$k]}: ${CONFIGS[$k]} ${OVERRIDES[$k]} (${PRECS[$k]})"
 done
-$NICE $PY -m reproduce.run.train_packed --precision "$([ "$TF32" = 1 ] && echo tf32 || echo fp32)" "${RUN_ARGS[@]}" > "$R/packed.log" 2>&1 &
-PACKED=$!
+if [ "$MODE" = batched ]; then
+  # checkpoints stay on this machine's disk: a later call of the same lent period resumes from them
+  $NICE $PY -m reproduce.run.train_batched --step_impl "$IMPL" --job_dir "$JOB" \
+    --checkpoint_every_n_steps ${WINDOW_CKPT_STEPS:-5000} "${RUN_ARGS[@]}" > "$R/train.log" 2>&1 &
+else
+  $NICE $PY -m reproduce.run.train_packed --precision "${PRECS[0]}" "${RUN_ARGS[@]}" > "$R/train.log" 2>&1 &
+fi
+TRAINER=$!
 last_sample=0; last_pack=$(el)
-while kill -0 $PACKED 2>/dev/null && [ "$(el)" -lt "$DEADLINE" ]; do
+while kill -0 $TRAINER 2>/dev/null && [ "$(el)" -lt "$DEADLINE" ]; do
   if [ $(( $(el) - last_sample )) -ge 30 ] && command -v nvidia-smi > /dev/null; then
     echo "$(el),$(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits | head -1)" \
       >> "$OUT/gpu_samples.csv"
@@ -202,15 +227,16 @@ while kill -0 $PACKED 2>/dev/null && [ "$(el)" -lt "$DEADLINE" ]; do
   if [ $(( $(el) - last_pack )) -ge 60 ]; then pack; last_pack=$(el); fi
   sleep 2
 done
-if kill -0 $PACKED 2>/dev/null; then
-  say "deadline: SIGTERM to the packed trainer (every run checkpoints at its next step's end)"
-  kill -TERM $PACKED
-  for _ in $(seq 30); do kill -0 $PACKED 2>/dev/null || break; sleep 1; done
-  kill -0 $PACKED 2>/dev/null && { kill -KILL $PACKED; say "SIGKILL (no stop in 30 s)"; }
+if kill -0 $TRAINER 2>/dev/null; then
+  say "deadline: SIGTERM to the $MODE trainer (every run checkpoints at its next step's end)"
+  kill -TERM $TRAINER
+  for _ in $(seq 30); do kill -0 $TRAINER 2>/dev/null || break; sleep 1; done
+  kill -0 $TRAINER 2>/dev/null && { kill -KILL $TRAINER; say "SIGKILL (no stop in 30 s)"; }
 fi
-wait $PACKED 2>/dev/null
-say "packed trainer rc=$?"
-grep -E "^\[packed" "$R/packed.log" >> "$LOG"
+wait $TRAINER 2>/dev/null
+say "$MODE trainer rc=$?"
+grep -E "^\[(packed|batched)|^error" "$R/train.log" >> "$LOG"
+[ "$MODE" = batched ] && [ -f "$JOB/batched_job.json" ] && say "batched job at $(cat "$JOB/batched_job.json" | head -c 200)"
 for (( k = 0; k < RUNS; k++ )); do
   n=${NAMES[$k]}
   if done_ok "$n"; then
