@@ -1,4 +1,5 @@
-"""The models `python -m reproduce speed` times, and what their sizes are set against.
+"""What `python -m reproduce speed` times, built once: the models, their ONNX files, and what their
+sizes are set against.
 
 A language model here is (vocabulary, embedding size, hidden sizes, cell): the export names all four
 in its config.json (`cell` since the GRU option; older exports are LSTMs), --sizes gives them on the
@@ -9,6 +10,7 @@ the values of the weights do not change the time of dense compute.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from lightning_modules.timing import cpu_caches, smallest_cache_holding
 # the models of one measurement, by the names speed.json gives them
 DENSE, PRUNED, PLAIN = "dense", "pruned", "plain_at_pruned_sizes"
 DEFAULT_CELL = "lstm"  # what an export without `cell` in its config.json holds (the GRU came later)
+PARTS = ("model", "lstm")  # the whole model (token ids -> logits), and its RNN stack alone
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,24 @@ class ExportSpec:
     """What an export's config.json says about the dense model it came from."""
     original: Sizes
     cell: str
+
+
+@dataclass
+class Models:
+    """One measurement's models, built once and read by the timing and by speed.json.
+
+    `torch` holds the modules in the order they take turns; `onnx_files` the file of each model and
+    part that ONNX Runtime times (empty when it times nothing); `onnx` what speed.json records of them.
+    """
+    torch: dict
+    cell: str
+    source: dict
+    onnx_files: dict
+    onnx: dict
+
+    @property
+    def vocab_size(self) -> int:
+        return self.torch[DENSE].vocab_size
 
 
 def check_pruned_fits(dense: Sizes, pruned: Sizes, where: str) -> None:
@@ -112,6 +133,49 @@ def export_spec(export_dir: str | Path) -> ExportSpec:
     return ExportSpec(sizes, cell)
 
 
+# ---- the models ----------------------------------------------------------------------------------
+
+def export_models(export_dir: Path, spec: ExportSpec, settings, kept_onnx_dir: Path, tmp: Path) -> Models:
+    """The export against its dense original and against a plain model at its own sizes; the export's
+    ONNX files go to `kept_onnx_dir` (beside speed.json), the other models' to `tmp`."""
+    import torch
+
+    from lightning_modules.lm.export import load_exported_language_model
+
+    pruned, _ = load_exported_language_model(export_dir)
+    check_pruned_fits(spec.original, sizes_of(pruned), where=str(export_dir / EXPORT_CONFIG_FILE))
+    torch.manual_seed(0)
+    models = {DENSE: plain_model(pruned.vocab_size, spec.original, spec.cell), PRUNED: pruned,
+              PLAIN: plain_model(pruned.vocab_size, sizes_of(pruned), spec.cell)}
+    source = {"kind": "export", "export_dir": str(export_dir), "run_dir": str(kept_onnx_dir.parent)}
+    onnx_dirs = {name: kept_onnx_dir if name == PRUNED else tmp / name for name in models}
+    return _with_onnx(models, spec.cell, source, settings, onnx_dirs, kept=(PRUNED,))
+
+
+def sizes_models(dense: Sizes, pruned: Sizes, cell: str, vocab_size: int, settings, tmp: Path) -> Models:
+    """Plain models at two sets of sizes; no export involved, so no plain reference."""
+    import torch
+
+    torch.manual_seed(0)
+    models = {DENSE: plain_model(vocab_size, dense, cell), PRUNED: plain_model(vocab_size, pruned, cell)}
+    return _with_onnx(models, cell, {"kind": "sizes"}, settings, {n: tmp / n for n in models}, kept=())
+
+
+def _with_onnx(models: dict, cell: str, source: dict, settings, onnx_dirs: dict, kept: tuple[str, ...]) -> Models:
+    """Each model exported to ONNX when ONNX Runtime times anything, checked against torch at every timed
+    batch size; speed.json records the paths of the `kept` models only (the others are temporary)."""
+    from lightning_modules.lm.onnx_export import export_onnx
+
+    files, record = {}, {}
+    if settings.onnxruntime_devices:
+        for name, model in models.items():
+            print(f"exporting {name} to ONNX and checking it against torch", file=sys.stderr)
+            info = export_onnx(model, onnx_dirs[name], settings.seq_len, check_batches=(1, 2, *settings.batches))
+            files[name] = {part: info[part] for part in PARTS}
+            record[name] = {**info, **({} if name in kept else dict.fromkeys(PARTS))}
+    return Models(models, cell, source, files, record)
+
+
 # ---- what the times are set against --------------------------------------------------------------
 
 def weight_bytes(model) -> dict:
@@ -121,12 +185,13 @@ def weight_bytes(model) -> dict:
     return {"lstm": size(model.rnn), "model": size(model)}
 
 
-def sizes_block(models: dict, cell: str) -> dict:
+def sizes_block(models: Models) -> dict:
     """speed.json's sizes, weight bytes, the caches that hold them, and the FLOPs of the dense and pruned
     models (the keys say "lstm" for either cell, as result.json's do)."""
     from lightning_modules.lm.language_model import model_size
 
-    dense, pruned = models[DENSE], models[PRUNED]
+    cell = models.cell
+    dense, pruned = models.torch[DENSE], models.torch[PRUNED]
     before = model_size(dense.vocab_size, dense.embedding.embedding_dim, list(dense.rnn.hidden_sizes), cell=cell)
     after = model_size(pruned.vocab_size, pruned.embedding.embedding_dim, list(pruned.rnn.hidden_sizes),
                        list(pruned.rnn.input_sizes), cell=cell)
