@@ -37,6 +37,7 @@ from pathlib import Path
 
 from lightning_modules.errors import UserError
 from lightning_modules.export_folder import EXPORT_CONFIG_FILE
+from lightning_modules.lm.quantize import QUANTIZATIONS
 from lightning_modules.run_dir import CONFIG_FILE, EXPORT_DIR, ONNX_DIR, RESULT_FILE, SPEED_FILE
 
 from . import speed_timing
@@ -140,6 +141,9 @@ def add_arguments(parser) -> None:
                         help="CPU threads for torch and ONNX Runtime alike (default: torch's default)")
     parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"),
                         help="default: cpu, plus cuda when torch sees a GPU")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+                        help="also time the 8-bit copies of the dense and the pruned model (dynamic quantization, "
+                             "torch and ONNX Runtime), and measure the export's int8 test perplexity")
 
 
 def sizes_from_args(sizes: list[tuple[int, ...]], embedding_dims: list[int] | None) -> tuple[Sizes, Sizes]:
@@ -183,7 +187,7 @@ def settings_from_args(args) -> Settings:
         threads=torch.get_num_threads(),
         threads_from="--threads" if args.threads is not None else "torch default (OMP_NUM_THREADS, else the cores)",
         backends=backends, devices=devices, quick=args.quick, onnxruntime_devices=onnxruntime_devices,
-        skipped=skipped)
+        skipped=skipped, quantize=args.quantize)
 
 
 def default_settings(*args: str) -> Settings:

@@ -21,6 +21,7 @@ from lightning_modules.timing import cpu_caches, smallest_cache_holding
 
 # the models of one measurement, by the names speed.json gives them
 DENSE, PRUNED, PLAIN = "dense", "pruned", "plain_at_pruned_sizes"
+DENSE_INT8, PRUNED_INT8 = "dense_int8", "pruned_int8"  # --quantize int8: their 8-bit copies
 DEFAULT_CELL = "lstm"  # what an export without `cell` in its config.json holds (the GRU came later)
 PARTS = ("model", "lstm")  # the whole model (token ids -> logits), and its RNN stack alone
 
@@ -46,13 +47,16 @@ class Models:
     """One measurement's models, built once and read by the timing and by speed.json.
 
     `torch` holds the modules in the order they take turns; `onnx_files` the file of each model and
-    part that ONNX Runtime times (empty when it times nothing); `onnx` what speed.json records of them.
+    part that ONNX Runtime times (empty when it times nothing); `onnx` what speed.json records of them;
+    `int8` (--quantize int8) the engine, the test perplexities and how far the int8 outputs are from
+    the fp32 ones, measured when the int8 models were built.
     """
     torch: dict
     cell: str
     source: dict
     onnx_files: dict
     onnx: dict
+    int8: dict | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -137,28 +141,34 @@ def export_spec(export_dir: str | Path) -> ExportSpec:
 
 def export_models(export_dir: Path, spec: ExportSpec, settings, kept_onnx_dir: Path, tmp: Path) -> Models:
     """The export against its dense original and against a plain model at its own sizes; the export's
-    ONNX files go to `kept_onnx_dir` (beside speed.json), the other models' to `tmp`."""
+    ONNX files go to `kept_onnx_dir` (beside speed.json), the other models' to `tmp`. With --quantize,
+    the int8 copies of the dense original and of the export, and the export's test perplexity in fp32
+    and in int8, with the data settings of the run dir above `kept_onnx_dir`."""
     import torch
 
     from lightning_modules.lm.export import load_exported_language_model
 
-    pruned, _ = load_exported_language_model(export_dir)
+    pruned, config = load_exported_language_model(export_dir)
     check_pruned_fits(spec.original, sizes_of(pruned), where=str(export_dir / EXPORT_CONFIG_FILE))
     torch.manual_seed(0)
     models = {DENSE: plain_model(pruned.vocab_size, spec.original, spec.cell), PRUNED: pruned,
               PLAIN: plain_model(pruned.vocab_size, sizes_of(pruned), spec.cell)}
-    source = {"kind": "export", "export_dir": str(export_dir), "run_dir": str(kept_onnx_dir.parent)}
+    run_dir = kept_onnx_dir.parent
+    source = {"kind": "export", "export_dir": str(export_dir), "run_dir": str(run_dir)}
     onnx_dirs = {name: kept_onnx_dir if name == PRUNED else tmp / name for name in models}
-    return _with_onnx(models, spec.cell, source, settings, onnx_dirs, kept=(PRUNED,))
+    built = _with_onnx(models, spec.cell, source, settings, onnx_dirs, kept=(PRUNED,))
+    return _with_int8(built, settings, perplexity_of=(config["vocab"], run_dir))
 
 
 def sizes_models(dense: Sizes, pruned: Sizes, cell: str, vocab_size: int, settings, tmp: Path) -> Models:
-    """Plain models at two sets of sizes; no export involved, so no plain reference."""
+    """Plain models at two sets of sizes; no export involved, so no plain reference (and, their weights
+    being random, no perplexity)."""
     import torch
 
     torch.manual_seed(0)
     models = {DENSE: plain_model(vocab_size, dense, cell), PRUNED: plain_model(vocab_size, pruned, cell)}
-    return _with_onnx(models, cell, {"kind": "sizes"}, settings, {n: tmp / n for n in models}, kept=())
+    built = _with_onnx(models, cell, {"kind": "sizes"}, settings, {n: tmp / n for n in models}, kept=())
+    return _with_int8(built, settings, perplexity_of=None)
 
 
 def _with_onnx(models: dict, cell: str, source: dict, settings, onnx_dirs: dict, kept: tuple[str, ...]) -> Models:
@@ -174,6 +184,60 @@ def _with_onnx(models: dict, cell: str, source: dict, settings, onnx_dirs: dict,
             files[name] = {part: info[part] for part in PARTS}
             record[name] = {**info, **({} if name in kept else dict.fromkeys(PARTS))}
     return Models(models, cell, source, files, record)
+
+
+def _with_int8(models: Models, settings, perplexity_of: tuple[list[str], Path] | None) -> Models:
+    """--quantize int8: the int8 copies of the dense and the pruned model in torch and, when ONNX Runtime
+    times anything, in ONNX (beside their fp32 files), each checked against its fp32 model; the pruned
+    model's test perplexity in fp32 and int8 when `perplexity_of` (its vocabulary, its run dir) is given."""
+    if not settings.quantize:
+        return models
+    import torch
+
+    from lightning_modules.lm.onnx_export import ort_session
+    from lightning_modules.lm.quantize import (
+        check_int8,
+        quantize_int8,
+        quantize_onnx_int8,
+        quantized_engine,
+    )
+
+    pairs = {DENSE_INT8: DENSE, PRUNED_INT8: PRUNED}
+    tokens = torch.randint(0, models.vocab_size, (2, settings.seq_len), generator=torch.Generator().manual_seed(0))
+    difference = {}
+    with torch.inference_mode():
+        for name, fp32 in pairs.items():
+            print(f"quantizing {fp32} to int8 and checking it against fp32", file=sys.stderr)
+            models.torch[name] = quantize_int8(models.torch[fp32])
+            difference[f"torch_{name}"] = check_int8(models.torch[fp32](tokens)[0], models.torch[name](tokens)[0],
+                                                     f"torch {name}")
+            if fp32 in models.onnx_files:
+                files = {part: str(quantize_onnx_int8(path)) for part, path in models.onnx_files[fp32].items()}
+                session = ort_session(files["model"], threads=1)
+                got = session.run(None, {session.get_inputs()[0].name: tokens.numpy()})[0]
+                difference[f"onnxruntime_{name}"] = check_int8(models.torch[fp32](tokens)[0], got,
+                                                               f"{files['model']} ({name})")
+                models.onnx_files[name] = files
+                kept = models.onnx[fp32]["model"] is not None
+                models.onnx[name] = {**(files if kept else dict.fromkeys(PARTS)),
+                                     "quantizer": "onnxruntime.quantization.quantize_dynamic (QInt8)"}
+    ppl = {"torch": None, "onnxruntime": None}
+    ppl_fp32 = None
+    data = None
+    if perplexity_of is not None:
+        from lightning_modules.lm.evaluate import ptb_data_of_run, test_perplexity
+
+        vocab, run_dir = perplexity_of
+        data = ptb_data_of_run(run_dir)
+        print("test perplexity of the export in fp32 and in int8 (PTB test)", file=sys.stderr)
+        ppl_fp32 = test_perplexity(models.torch[PRUNED], vocab, data)
+        ppl["torch"] = test_perplexity(models.torch[PRUNED_INT8], vocab, data)
+    models.int8 = {
+        "engine": quantized_engine(), "test_ppl": ppl, "test_ppl_fp32": ppl_fp32,
+        "relative_difference_vs_fp32": difference,
+        "test_data": None if data is None else {k: data.hparams[k] for k in ("source", "num_steps", "test_batch_size")},
+    }
+    return models
 
 
 # ---- what the times are set against --------------------------------------------------------------

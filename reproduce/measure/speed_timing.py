@@ -14,6 +14,16 @@ hold such files, so a key renamed here is a key renamed there. Top-level keys, i
   sizes, weight_bytes, smallest_cache_holding, flops_per_token, flops_ratio, lstm_flops_ratio
   speedup, export_vs_plain, onnxruntime_vs_torch, targets     {backend: {part: {batch: median ratio}}}
   latency, onnx, skipped                   every cell's statistics, the ONNX files, what was not timed
+  int8, int8_checks                        --quantize int8 only: its perplexity and speedups (below)
+
+--quantize int8 adds the models dense_int8 and pruned_int8 to every latency cell (timed in the same
+turns as the fp32 ones), the paired ratios int8_speedup (dense fp32 / pruned int8) and
+dense_int8_speedup (dense fp32 / dense int8) to its ratios, and the block that the tables read:
+  int8: {engine, test_ppl: {torch, onnxruntime}, test_ppl_fp32,
+         speedup: {backend: {model: {batch: median}}}, dense_int8_speedup: {backend: {model: {batch: median}}}}
+test_ppl.onnxruntime is null: the ONNX files run from a zero state and cannot carry the state from
+window to window as the test loop does. int8_checks holds how far each int8 model's logits are from
+its fp32 model's, and the data settings the perplexities were measured with.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from pathlib import Path
 from lightning_modules.timing import hardware as probe_hardware
 from lightning_modules.timing import paired_ratio, stats, time_interleaved
 
-from .speed_models import DENSE, PARTS, PLAIN, PRUNED, Models, sizes_block
+from .speed_models import DENSE, DENSE_INT8, PARTS, PLAIN, PRUNED, PRUNED_INT8, Models, sizes_block
 
 BACKENDS = ("torch", "onnxruntime")
 EXPORT_VS_PLAIN_TARGET = 0.95  # plain time / export time: exporting may add no more than 5%
@@ -46,13 +56,15 @@ class Settings:
     # the devices ONNX Runtime times here, and why it skips the others (onnxruntime_devices_for)
     onnxruntime_devices: tuple[str, ...] = ()
     skipped: tuple[str, ...] = field(default=())
+    quantize: str | None = None  # "int8": the int8 copies of the dense and the pruned model are timed too
 
     def as_dict(self) -> dict:
         return {"batches": list(self.batches), "seq_len": self.seq_len, "repeats": self.repeats,
                 "warmup": self.warmup, "threads": self.threads, "threads_from": self.threads_from,
                 "backends": list(self.backends), "devices": list(self.devices), "quick": self.quick,
                 "order": "the models of one backend in turn each repeat, starting one later each time",
-                "onnxruntime_intra_op_threads": self.threads, "onnxruntime_spinning": False}
+                "onnxruntime_intra_op_threads": self.threads, "onnxruntime_spinning": False,
+                **({"quantize": self.quantize} if self.quantize else {})}
 
 
 def onnxruntime_devices_for(devices: tuple[str, ...], backends: tuple[str, ...]) -> tuple[tuple, tuple]:
@@ -134,6 +146,10 @@ def _summarize(samples: dict[str, list[float]], seq_len: int) -> dict:
     ratios = {"speedup": paired_ratio(samples[DENSE], samples[PRUNED])}
     if PLAIN in samples:
         ratios["export_vs_plain"] = paired_ratio(samples[PLAIN], samples[PRUNED])
+    if PRUNED_INT8 in samples:
+        ratios["int8_speedup"] = paired_ratio(samples[DENSE], samples[PRUNED_INT8])
+    if DENSE_INT8 in samples:
+        ratios["dense_int8_speedup"] = paired_ratio(samples[DENSE], samples[DENSE_INT8])
     return {**per_step, "ratios": ratios}
 
 
@@ -207,9 +223,30 @@ def targets(speedup_blocks: dict) -> dict:
     }
 
 
-def hardware_record(backends: tuple[str, ...]) -> dict:
-    """The shared probe, with the ONNX versions when ONNX Runtime is timed."""
+INT8_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def int8_cpu_flags() -> list[str]:
+    """The CPU's int8 dot-product extensions (VNNI, AMX, ARM dot product), which set how fast int8 runs."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith(("flags", "Features"))), [])
+    return [f for f in INT8_CPU_FLAGS if f in flags]
+
+
+def hardware_record(backends: tuple[str, ...], quantize: str | None = None) -> dict:
+    """The shared probe, with the ONNX versions when ONNX Runtime is timed, and the quantization engine
+    and the CPU's int8 extensions when int8 is."""
     info = probe_hardware()
+    if quantize:
+        import torch
+
+        info.update(quantized_engine=torch.backends.quantized.engine,
+                    quantized_engines_supported=list(torch.backends.quantized.supported_engines),
+                    int8_cpu_flags=int8_cpu_flags())
     if "onnxruntime" in backends:
         import onnx
         import onnxruntime
@@ -219,6 +256,20 @@ def hardware_record(backends: tuple[str, ...]) -> dict:
     return info
 
 
+def int8_block(models: Models, latency: dict) -> dict:
+    """speed.json's int8 block (the keys the tables read) and its int8_checks."""
+    def whole_model(ratio: str) -> dict:
+        return {key: {"model": parts["model"]} for key, parts in (summary(latency, ratio) or {}).items()
+                if parts.get("model")}
+
+    block = {"engine": models.int8["engine"], "test_ppl": models.int8["test_ppl"],
+             "test_ppl_fp32": models.int8["test_ppl_fp32"],
+             "speedup": whole_model("int8_speedup"), "dense_int8_speedup": whole_model("dense_int8_speedup")}
+    checks = {"relative_difference_vs_fp32": models.int8["relative_difference_vs_fp32"],
+              "test_data": models.int8["test_data"]}
+    return {"int8": block, "int8_checks": checks}
+
+
 def document(models: Models, settings: Settings, measured: dict) -> dict:
     """speed.json's content, from the models, the settings and what `measure` returned."""
     latency = measured["latency"]
@@ -226,14 +277,15 @@ def document(models: Models, settings: Settings, measured: dict) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": models.source,
         "settings": settings.as_dict(),
-        "hardware": hardware_record(settings.backends),
+        "hardware": hardware_record(settings.backends, settings.quantize),
         **sizes_block(models),
         "speedup": summary(latency, "speedup"),
         "export_vs_plain": summary(latency, "export_vs_plain"),
         "onnxruntime_vs_torch": onnxruntime_vs_torch(latency),
     }
     result["targets"] = targets(result)
-    return {**result, "latency": latency, "onnx": models.onnx, "skipped": measured["skipped"]}
+    return {**result, "latency": latency, "onnx": models.onnx, "skipped": measured["skipped"],
+            **(int8_block(models, latency) if models.int8 else {})}
 
 
 def write(result: dict, out: Path) -> None:
@@ -287,4 +339,28 @@ def markdown_table(result: dict) -> str:
         quick = " (--quick: too few repeats to judge)" if result["settings"]["quick"] else ""
         lines.append("targets: " + "; ".join(verdicts) + quick)
     lines.extend(f"skipped: {s}" for s in result["skipped"])
+    if "int8" in result:
+        lines.extend(int8_lines(result))
     return "\n".join(lines)
+
+
+def int8_lines(result: dict) -> list[str]:
+    """The int8 models beside the fp32 ones: ms per time step and speedups over dense fp32."""
+    int8 = result["int8"]
+    lines = [f"\nint8 ({int8['engine']} engine); speedups over dense fp32",
+             "| backend | part | batch | dense int8 ms | pruned int8 ms | pruned fp32 | dense int8 | pruned int8 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, parts in result["latency"].items():
+        for part, by_batch in parts.items():
+            for batch, cell in by_batch.items():
+                if PRUNED_INT8 not in cell:
+                    continue
+                r = cell["ratios"]
+                lines.append(f"| {key} | {part} | {batch} | {cell[DENSE_INT8]['median_ms']:.4f} | "
+                             f"{cell[PRUNED_INT8]['median_ms']:.4f} | {r['speedup']['median']:.2f}x | "
+                             f"{r['dense_int8_speedup']['median']:.2f}x | {r['int8_speedup']['median']:.2f}x |")
+    ppl = int8["test_ppl"]
+    if int8["test_ppl_fp32"] is not None:
+        lines.append(f"test perplexity of the export: fp32 {int8['test_ppl_fp32']:.2f}, int8 {ppl['torch']:.2f} "
+                     "(torch)")
+    return lines
