@@ -2,7 +2,7 @@
 
 Training ends with `trainer.test` on its LanguageModelTask: PTB's test stream in windows of
 `data.num_steps` over `data.test_batch_size` rows (the TF tutorial's 1: the whole set as one stream),
-the state carried from window to window, and torchmetrics' Perplexity. `test_perplexity` runs that
+the state carried from window to window, and torchmetrics' Perplexity. `ptb_test_perplexity` runs that
 same loop on any model with the language model's interface (an fp32 export, or its int8 copy), with the
 data settings of the run that trained it, so that an export's number and its int8 copy's number are
 comparable with the run's own test_ppl.
@@ -33,12 +33,12 @@ def ptb_data_of_run(run_dir: str | Path | None):
         try:
             settings = (yaml.safe_load(config_file.read_text()) or {}).get("data") or {}
         except (OSError, yaml.YAMLError, AttributeError) as e:
-            raise UserError(f"{config_file} is not a readable run config ({e}); give the run dir a config.yaml "
-                            "that training wrote") from None
+            raise UserError(f"{config_file} is not a readable run config ({e}); give the run dir the "
+                            f"{CONFIG_FILE} that training wrote") from None
     return PTBDataModule(**{**settings, "pin_memory": False})
 
 
-def test_perplexity(model: nn.Module, vocab: list[str], data) -> float:
+def ptb_test_perplexity(model: nn.Module, vocab: list[str], data) -> float:
     """PTB test perplexity of `model` (tokens, state -> logits, state) through the test loop training ends with."""
     import lightning as L
 

@@ -225,13 +225,13 @@ def _with_int8(models: Models, settings, perplexity_of: tuple[list[str], Path] |
     ppl_fp32 = None
     data = None
     if perplexity_of is not None:
-        from lightning_modules.lm.evaluate import ptb_data_of_run, test_perplexity
+        from lightning_modules.lm.evaluate import ptb_data_of_run, ptb_test_perplexity
 
         vocab, run_dir = perplexity_of
         data = ptb_data_of_run(run_dir)
         print("test perplexity of the export in fp32 and in int8 (PTB test)", file=sys.stderr)
-        ppl_fp32 = test_perplexity(models.torch[PRUNED], vocab, data)
-        ppl["torch"] = test_perplexity(models.torch[PRUNED_INT8], vocab, data)
+        ppl_fp32 = ptb_test_perplexity(models.torch[PRUNED], vocab, data)
+        ppl["torch"] = ptb_test_perplexity(models.torch[PRUNED_INT8], vocab, data)
     models.int8 = {
         "engine": quantized_engine(), "test_ppl": ppl, "test_ppl_fp32": ppl_fp32,
         "relative_difference_vs_fp32": difference,
