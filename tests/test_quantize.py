@@ -14,7 +14,12 @@ from lightning_modules.lm.evaluate import ptb_data_of_run, ptb_test_perplexity
 from lightning_modules.lm.export import export_language_model, load_exported_language_model
 from lightning_modules.lm.hub import PrunedLanguageModel
 from lightning_modules.lm.language_model import LSTMLanguageModel
-from lightning_modules.lm.onnx_export import export_onnx, ort_session
+from lightning_modules.lm.onnx_export import (
+    OnnxRuntimeLanguageModel,
+    export_onnx,
+    export_onnx_with_state,
+    ort_session,
+)
 from lightning_modules.lm.quantize import (
     INT8_RELATIVE_TOLERANCE,
     check_int8,
@@ -120,6 +125,16 @@ def test_int8_export_of_a_pruned_model_runs_in_torch_and_onnxruntime(tmp_path, c
             assert got.shape == (batch, seq_len, len(VOCAB))
             check_int8(gated(tokens)[0], got, f"onnxruntime int8, batch {batch}")
     assert not np.array_equal(got, gated(tokens)[0].detach().numpy())
+    # the form a text stream runs on: the state carried from one window into the next
+    stream = OnnxRuntimeLanguageModel(quantize_onnx_int8(export_onnx_with_state(
+        load_exported_language_model(export)[0], tmp_path / "onnx", seq_len)), cell)
+    first, second = _tokens(2, seq_len), _tokens(2, seq_len).flip(1)
+    with torch.no_grad():
+        expected, state = gated(first)
+        got, ort_state = stream(first)
+        check_int8(expected, got, "first window")
+        check_int8(gated(second, state)[0], stream(second, ort_state)[0], "second window, carried state")
+        assert relative_difference(gated(second)[0], stream(second, ort_state)[0]) > 0  # the state matters
 
 
 # ---- the command ---------------------------------------------------------------------------------
@@ -172,7 +187,8 @@ def test_speed_export_quantize_int8_in_both_backends(tmp_path, capsys):
     assert int8["test_ppl_fp32"] == pytest.approx(ptb_test_perplexity(gated, data.vocab, data), rel=1e-5)
     assert int8["test_ppl"]["torch"] == pytest.approx(int8["test_ppl_fp32"], rel=0.01)
     assert int8["test_ppl"]["torch"] != int8["test_ppl_fp32"]
-    assert int8["test_ppl"]["onnxruntime"] is None
+    assert int8["test_ppl"]["onnxruntime"] == pytest.approx(int8["test_ppl"]["torch"], rel=0.01)
+    assert Path(result["onnx"]["pruned_int8"]["model_with_state"]) == run_dir / "onnx" / "model_with_state_int8.onnx"
     for backend in ("torch", "onnxruntime"):
         assert set(int8["speedup"][backend]["model"]) == {"1", "20"}
         assert int8["speedup"][backend]["model"]["1"] > 0

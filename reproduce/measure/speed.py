@@ -21,6 +21,11 @@ time step (every batch stream advances one token), and speedups are medians of t
 of the back-to-back runs. Weight bytes and the CPU's cache sizes are recorded beside the
 FLOPs ratio: at batch 1 every weight is read once per token, so whether the weights fit in
 cache, not the FLOPs, sets the time. Run it on an idle machine.
+
+--quantize int8 adds the 8-bit copies of the dense and the pruned model to the same turns
+(lightning_modules/lm/quantize.py; torch and ONNX Runtime alike), and for an export its PTB test
+perplexity in fp32 and in int8 (both backends), through training's test loop with the run's data
+settings: speed.json's int8 block (speed_timing.py says its layout).
 """
 
 # One flow: the command's arguments (here) -> the models, built once (speed_models.py: the export,

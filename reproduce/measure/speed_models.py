@@ -232,12 +232,29 @@ def _with_int8(models: Models, settings, perplexity_of: tuple[list[str], Path] |
         print("test perplexity of the export in fp32 and in int8 (PTB test)", file=sys.stderr)
         ppl_fp32 = ptb_test_perplexity(models.torch[PRUNED], vocab, data)
         ppl["torch"] = ptb_test_perplexity(models.torch[PRUNED_INT8], vocab, data)
+        if "cpu" in settings.onnxruntime_devices and PRUNED in models.onnx_files:
+            ppl["onnxruntime"], models.onnx[PRUNED_INT8]["model_with_state"] = _onnxruntime_perplexity(
+                models, vocab, data, Path(models.onnx_files[PRUNED]["model"]).parent)
     models.int8 = {
         "engine": quantized_engine(), "test_ppl": ppl, "test_ppl_fp32": ppl_fp32,
         "relative_difference_vs_fp32": difference,
         "test_data": None if data is None else {k: data.hparams[k] for k in ("source", "num_steps", "test_batch_size")},
     }
     return models
+
+
+def _onnxruntime_perplexity(models: Models, vocab: list[str], data, onnx_dir: Path) -> tuple[float, str]:
+    """The int8 ONNX file with state in and out (the form a text stream runs on), written beside the
+    export's other ONNX files, and its test perplexity through the same test loop as torch's."""
+    from lightning_modules.lm.evaluate import ptb_test_perplexity
+    from lightning_modules.lm.onnx_export import OnnxRuntimeLanguageModel, export_onnx_with_state
+    from lightning_modules.lm.quantize import quantize_onnx_int8
+
+    # the test windows are num_steps long, and an exported LSTM's time axis is fixed (onnx_export.py)
+    fp32 = export_onnx_with_state(models.torch[PRUNED], onnx_dir, data.hparams.num_steps,
+                                  check_batches=(1, data.hparams.test_batch_size))
+    int8 = quantize_onnx_int8(fp32)
+    return ptb_test_perplexity(OnnxRuntimeLanguageModel(int8, models.cell), vocab, data), str(int8)
 
 
 # ---- what the times are set against --------------------------------------------------------------

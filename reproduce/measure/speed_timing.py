@@ -21,9 +21,10 @@ turns as the fp32 ones), the paired ratios int8_speedup (dense fp32 / pruned int
 dense_int8_speedup (dense fp32 / dense int8) to its ratios, and the block that the tables read:
   int8: {engine, test_ppl: {torch, onnxruntime}, test_ppl_fp32,
          speedup: {backend: {model: {batch: median}}}, dense_int8_speedup: {backend: {model: {batch: median}}}}
-test_ppl.onnxruntime is null: the ONNX files run from a zero state and cannot carry the state from
-window to window as the test loop does. int8_checks holds how far each int8 model's logits are from
-its fp32 model's, and the data settings the perplexities were measured with.
+test_ppl.onnxruntime is measured on model_with_state_int8.onnx (state in and out, so that the test
+loop carries it from window to window as it does in torch); null where ONNX Runtime is not timed or
+there is no perplexity (--sizes: random weights). int8_checks holds how far each int8 model's logits
+are from its fp32 model's, and the data settings the perplexities were measured with.
 """
 
 from __future__ import annotations
@@ -361,6 +362,7 @@ def int8_lines(result: dict) -> list[str]:
                              f"{r['dense_int8_speedup']['median']:.2f}x | {r['int8_speedup']['median']:.2f}x |")
     ppl = int8["test_ppl"]
     if int8["test_ppl_fp32"] is not None:
+        ort = f", int8 {ppl['onnxruntime']:.2f} (ONNX Runtime)" if ppl["onnxruntime"] is not None else ""
         lines.append(f"test perplexity of the export: fp32 {int8['test_ppl_fp32']:.2f}, int8 {ppl['torch']:.2f} "
-                     "(torch)")
+                     f"(torch){ort}")
     return lines
