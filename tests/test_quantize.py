@@ -176,15 +176,17 @@ def test_speed_export_quantize_int8_in_both_backends(tmp_path, capsys):
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text("data:\n  test_batch_size: 20\n  num_steps: 35\n")
     (run_dir / "result.json").write_text("{}")
-    data = ptb_data_of_run(run_dir)
-    gated, export = _export(run_dir / "export", vocab=data.vocab)
+    from lightning_modules.lm.ptb_data import PTBDataModule
+
+    gated, export = _export(run_dir / "export", vocab=PTBDataModule().vocab)
+    data = ptb_data_of_run(run_dir, PTBDataModule().vocab, "test")
     code = main(["speed", "--export", str(export), "--quantize", "int8", "--quick", "--seq-len", "4",
                  "--batches", "1", "20", "--threads", "1"])
     assert code == 0, capsys.readouterr().err
     result = json.loads((run_dir / "speed.json").read_text())
     int8 = result["int8"]
     assert set(int8) == {"engine", "test_ppl", "test_ppl_fp32", "speedup", "dense_int8_speedup"}
-    assert int8["test_ppl_fp32"] == pytest.approx(ptb_test_perplexity(gated, data.vocab, data), rel=1e-5)
+    assert int8["test_ppl_fp32"] == pytest.approx(ptb_test_perplexity(gated, data), rel=1e-5)
     assert int8["test_ppl"]["torch"] == pytest.approx(int8["test_ppl_fp32"], rel=0.01)
     assert int8["test_ppl"]["torch"] != int8["test_ppl_fp32"]
     assert int8["test_ppl"]["onnxruntime"] == pytest.approx(int8["test_ppl"]["torch"], rel=0.01)
@@ -236,3 +238,13 @@ def test_save_pretrained_and_from_pretrained_round_trip(tmp_path, quantize):
     # saved again from what was loaded: the card keeps its facts
     loaded.save_pretrained(tmp_path / "again")
     assert (tmp_path / "again" / "README.md").read_text() == card
+
+
+def test_quantize_of_an_export_not_trained_on_ptb_is_one_error_line_before_any_work(tmp_path, capsys):
+    _, export = _export(tmp_path / "run" / "export")  # a 50-word vocabulary
+    (tmp_path / "run" / "result.json").write_text("{}")
+    code = main(["speed", "--export", str(export), "--quantize", "int8", "--quick"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "vocabulary (50 tokens) is not PTB's" in err and "--quantize with --export" in err
+    assert not list(tmp_path.rglob("speed.json")) and not list(tmp_path.rglob("*.onnx"))

@@ -20,9 +20,10 @@ from ..errors import UserError
 from ..run_dir import CONFIG_FILE
 
 
-def ptb_data_of_run(run_dir: str | Path | None):
+def ptb_data_of_run(run_dir: str | Path | None, vocab: list[str], what: str):
     """The PTB data module with the settings of the run's config.yaml (its `data:` block), or the
-    defaults where there is none (an export outside a run dir)."""
+    defaults where there is none (an export outside a run dir); a UserError naming `what` when the
+    model's vocabulary is not PTB's (its perplexity there would mean nothing)."""
     import yaml
 
     from .ptb_data import PTBDataModule
@@ -35,19 +36,20 @@ def ptb_data_of_run(run_dir: str | Path | None):
         except (OSError, yaml.YAMLError, AttributeError) as e:
             raise UserError(f"{config_file} is not a readable run config ({e}); give the run dir the "
                             f"{CONFIG_FILE} that training wrote") from None
-    return PTBDataModule(**{**settings, "pin_memory": False})
+    data = PTBDataModule(**{**settings, "pin_memory": False})
+    if list(vocab) != list(data.vocab):
+        raise UserError(f"{what}: its vocabulary ({len(vocab)} tokens) is not PTB's ({len(data.vocab)} tokens), "
+                        "so its PTB test perplexity means nothing; give an export of a model trained on PTB")
+    return data
 
 
-def ptb_test_perplexity(model: nn.Module, vocab: list[str], data) -> float:
+def ptb_test_perplexity(model: nn.Module, data) -> float:
     """PTB test perplexity of `model` (tokens, state -> logits, state) through the test loop training ends with."""
     import lightning as L
 
     from .lm_task import LanguageModelTask
 
-    if list(vocab) != list(data.vocab):
-        raise UserError(f"the export's vocabulary ({len(vocab)} tokens) is not PTB's ({len(data.vocab)} tokens); "
-                        "its test perplexity can only be measured on the data it was trained on")
-    task = LanguageModelTask(vocab_size=len(vocab), method="none")
+    task = LanguageModelTask(vocab_size=data.vocab_size, method="none")
     task.model = model  # the task's own model is replaced: only its test loop and metric are used
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)

@@ -54,6 +54,7 @@ from .speed_models import (
     export_models,
     export_spec,
     is_language_model_export,
+    read_config,
     sizes_models,
 )
 from .speed_timing import BACKENDS, Settings, onnxruntime_devices_for
@@ -284,7 +285,12 @@ def run(args) -> None:
     else:
         for export_dir in args.export:  # every path checked before the first (long) measurement
             export_spec(export_dir)
-            export_output(Path(export_dir), args.out)
+            out = export_output(Path(export_dir), args.out)
+            if args.quantize:  # its perplexity is measured on PTB: a vocabulary of other data fails here
+                from lightning_modules.lm.evaluate import ptb_data_of_run
+
+                vocab = read_config(Path(export_dir) / EXPORT_CONFIG_FILE).get("vocab", [])
+                ptb_data_of_run(out.parent, vocab, f"--quantize with --export {export_dir}")
     settings = settings_from_args(args)
     if args.sizes:
         out = Path(args.out) if args.out else sizes_output(dense, pruned, args.embedding_dims is not None)

@@ -228,13 +228,13 @@ def _with_int8(models: Models, settings, perplexity_of: tuple[list[str], Path] |
         from lightning_modules.lm.evaluate import ptb_data_of_run, ptb_test_perplexity
 
         vocab, run_dir = perplexity_of
-        data = ptb_data_of_run(run_dir)
+        data = ptb_data_of_run(run_dir, vocab, f"--quantize: the export in {run_dir}")
         print("test perplexity of the export in fp32 and in int8 (PTB test)", file=sys.stderr)
-        ppl_fp32 = ptb_test_perplexity(models.torch[PRUNED], vocab, data)
-        ppl["torch"] = ptb_test_perplexity(models.torch[PRUNED_INT8], vocab, data)
+        ppl_fp32 = ptb_test_perplexity(models.torch[PRUNED], data)
+        ppl["torch"] = ptb_test_perplexity(models.torch[PRUNED_INT8], data)
         if "cpu" in settings.onnxruntime_devices and PRUNED in models.onnx_files:
             ppl["onnxruntime"], models.onnx[PRUNED_INT8]["model_with_state"] = _onnxruntime_perplexity(
-                models, vocab, data, Path(models.onnx_files[PRUNED]["model"]).parent)
+                models, data, Path(models.onnx_files[PRUNED]["model"]).parent)
     models.int8 = {
         "engine": quantized_engine(), "test_ppl": ppl, "test_ppl_fp32": ppl_fp32,
         "relative_difference_vs_fp32": difference,
@@ -243,7 +243,7 @@ def _with_int8(models: Models, settings, perplexity_of: tuple[list[str], Path] |
     return models
 
 
-def _onnxruntime_perplexity(models: Models, vocab: list[str], data, onnx_dir: Path) -> tuple[float, str]:
+def _onnxruntime_perplexity(models: Models, data, onnx_dir: Path) -> tuple[float, str]:
     """The int8 ONNX file with state in and out (the form a text stream runs on), written beside the
     export's other ONNX files, and its test perplexity through the same test loop as torch's."""
     from lightning_modules.lm.evaluate import ptb_test_perplexity
@@ -254,7 +254,7 @@ def _onnxruntime_perplexity(models: Models, vocab: list[str], data, onnx_dir: Pa
     fp32 = export_onnx_with_state(models.torch[PRUNED], onnx_dir, data.hparams.num_steps,
                                   check_batches=(1, data.hparams.test_batch_size))
     int8 = quantize_onnx_int8(fp32)
-    return ptb_test_perplexity(OnnxRuntimeLanguageModel(int8, models.cell), vocab, data), str(int8)
+    return ptb_test_perplexity(OnnxRuntimeLanguageModel(int8, models.cell), data), str(int8)
 
 
 # ---- what the times are set against --------------------------------------------------------------
