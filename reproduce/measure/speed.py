@@ -48,6 +48,7 @@ from lightning_modules.run_dir import CONFIG_FILE, EXPORT_DIR, ONNX_DIR, RESULT_
 from . import speed_timing
 from .speed_models import (
     DEFAULT_CELL,
+    ExportSpec,
     Models,
     Sizes,
     check_pruned_fits,
@@ -231,14 +232,37 @@ def export_output(export_dir: Path, out: str | None) -> Path:
                     f"{CONFIG_FILE} there), so there is no default place for {SPEED_FILE}; give --out FILE.json")
 
 
-def measure_export(export_dir: str | Path, settings: Settings, out: str | None = None) -> dict:
-    """The export against its dense original and against a plain model at its own sizes."""
+@dataclass(frozen=True)
+class ExportJob:
+    """One --export, checked before any measurement starts: its folder, what its config.json says,
+    where speed.json goes, and (--quantize) the PTB data its perplexity is measured on."""
+    export_dir: Path
+    spec: ExportSpec
+    out: Path
+    data: object | None
+
+
+def export_job(export_dir: str | Path, out: str | None, quantize: str | None) -> ExportJob:
     export_dir = Path(export_dir)
     spec = export_spec(export_dir)
     out_path = export_output(export_dir, out)
+    data = None
+    if quantize:  # its perplexity is measured on PTB: a vocabulary of other data is refused here
+        from lightning_modules.lm.evaluate import ptb_data_of_run
+
+        vocab = read_config(export_dir / EXPORT_CONFIG_FILE).get("vocab", [])
+        data = ptb_data_of_run(out_path.parent, vocab, f"--quantize with --export {export_dir}")
+    return ExportJob(export_dir, spec, out_path, data)
+
+
+def measure_export(export_dir: str | Path, settings: Settings, out: str | None = None,
+                   job: ExportJob | None = None) -> dict:
+    """The export against its dense original and against a plain model at its own sizes (`job`: the
+    export already checked by `export_job`)."""
+    job = job or export_job(export_dir, out, settings.quantize)
     with tempfile.TemporaryDirectory(prefix="speed-onnx-") as tmp:
-        models = export_models(export_dir, spec, settings, out_path.parent / ONNX_DIR, Path(tmp))
-        return time_and_write(models, settings, out_path)
+        models = export_models(job.export_dir, job.spec, settings, job.out.parent / ONNX_DIR, Path(tmp), job.data)
+        return time_and_write(models, settings, job.out)
 
 
 def sizes_output(dense: Sizes, pruned: Sizes, explicit_embedding: bool) -> Path:
@@ -283,18 +307,12 @@ def run(args) -> None:
         dense, pruned = sizes_from_args(args.sizes, args.embedding_dims)
         cell = cell_from_args(args.cell)
     else:
-        for export_dir in args.export:  # every path checked before the first (long) measurement
-            export_spec(export_dir)
-            out = export_output(Path(export_dir), args.out)
-            if args.quantize:  # its perplexity is measured on PTB: a vocabulary of other data fails here
-                from lightning_modules.lm.evaluate import ptb_data_of_run
-
-                vocab = read_config(Path(export_dir) / EXPORT_CONFIG_FILE).get("vocab", [])
-                ptb_data_of_run(out.parent, vocab, f"--quantize with --export {export_dir}")
+        # every export checked before the first (long) measurement
+        jobs = [export_job(export_dir, args.out, args.quantize) for export_dir in args.export]
     settings = settings_from_args(args)
     if args.sizes:
         out = Path(args.out) if args.out else sizes_output(dense, pruned, args.embedding_dims is not None)
         measure_sizes(dense, pruned, settings, out, cell)
     else:
-        for export_dir in args.export:
-            measure_export(export_dir, settings, args.out)
+        for job in jobs:
+            measure_export(job.export_dir, settings, job=job)

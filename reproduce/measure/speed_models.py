@@ -139,16 +139,17 @@ def export_spec(export_dir: str | Path) -> ExportSpec:
 
 # ---- the models ----------------------------------------------------------------------------------
 
-def export_models(export_dir: Path, spec: ExportSpec, settings, kept_onnx_dir: Path, tmp: Path) -> Models:
+def export_models(export_dir: Path, spec: ExportSpec, settings, kept_onnx_dir: Path, tmp: Path,
+                  data=None) -> Models:
     """The export against its dense original and against a plain model at its own sizes; the export's
     ONNX files go to `kept_onnx_dir` (beside speed.json), the other models' to `tmp`. With --quantize,
     the int8 copies of the dense original and of the export, and the export's test perplexity in fp32
-    and in int8, with the data settings of the run dir above `kept_onnx_dir`."""
+    and in int8 on `data` (the run's PTB data module, lightning_modules/lm/evaluate.py)."""
     import torch
 
     from lightning_modules.lm.export import load_exported_language_model
 
-    pruned, config = load_exported_language_model(export_dir)
+    pruned, _ = load_exported_language_model(export_dir)
     check_pruned_fits(spec.original, sizes_of(pruned), where=str(export_dir / EXPORT_CONFIG_FILE))
     torch.manual_seed(0)
     models = {DENSE: plain_model(pruned.vocab_size, spec.original, spec.cell), PRUNED: pruned,
@@ -157,7 +158,7 @@ def export_models(export_dir: Path, spec: ExportSpec, settings, kept_onnx_dir: P
     source = {"kind": "export", "export_dir": str(export_dir), "run_dir": str(run_dir)}
     onnx_dirs = {name: kept_onnx_dir if name == PRUNED else tmp / name for name in models}
     built = _with_onnx(models, spec.cell, source, settings, onnx_dirs, kept=(PRUNED,))
-    return _with_int8(built, settings, perplexity_of=(config["vocab"], run_dir))
+    return _with_int8(built, settings, data)
 
 
 def sizes_models(dense: Sizes, pruned: Sizes, cell: str, vocab_size: int, settings, tmp: Path) -> Models:
@@ -168,7 +169,7 @@ def sizes_models(dense: Sizes, pruned: Sizes, cell: str, vocab_size: int, settin
     torch.manual_seed(0)
     models = {DENSE: plain_model(vocab_size, dense, cell), PRUNED: plain_model(vocab_size, pruned, cell)}
     built = _with_onnx(models, cell, {"kind": "sizes"}, settings, {n: tmp / n for n in models}, kept=())
-    return _with_int8(built, settings, perplexity_of=None)
+    return _with_int8(built, settings, data=None)
 
 
 def _with_onnx(models: dict, cell: str, source: dict, settings, onnx_dirs: dict, kept: tuple[str, ...]) -> Models:
@@ -186,10 +187,10 @@ def _with_onnx(models: dict, cell: str, source: dict, settings, onnx_dirs: dict,
     return Models(models, cell, source, files, record)
 
 
-def _with_int8(models: Models, settings, perplexity_of: tuple[list[str], Path] | None) -> Models:
+def _with_int8(models: Models, settings, data) -> Models:
     """--quantize int8: the int8 copies of the dense and the pruned model in torch and, when ONNX Runtime
     times anything, in ONNX (beside their fp32 files), each checked against its fp32 model; the pruned
-    model's test perplexity in fp32 and int8 when `perplexity_of` (its vocabulary, its run dir) is given."""
+    model's test perplexity in fp32 and int8 when `data` (PTB, with the run's settings) is given."""
     if not settings.quantize:
         return models
     import torch
@@ -223,12 +224,9 @@ def _with_int8(models: Models, settings, perplexity_of: tuple[list[str], Path] |
                                      "quantizer": "onnxruntime.quantization.quantize_dynamic (QInt8)"}
     ppl = {"torch": None, "onnxruntime": None}
     ppl_fp32 = None
-    data = None
-    if perplexity_of is not None:
-        from lightning_modules.lm.evaluate import ptb_data_of_run, ptb_test_perplexity
+    if data is not None:
+        from lightning_modules.lm.evaluate import ptb_test_perplexity
 
-        vocab, run_dir = perplexity_of
-        data = ptb_data_of_run(run_dir, vocab, f"--quantize: the export in {run_dir}")
         print("test perplexity of the export in fp32 and in int8 (PTB test)", file=sys.stderr)
         ppl_fp32 = ptb_test_perplexity(models.torch[PRUNED], data)
         ppl["torch"] = ptb_test_perplexity(models.torch[PRUNED_INT8], data)
