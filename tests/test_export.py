@@ -145,3 +145,14 @@ def test_zeroed_iss_group_is_removed_by_export_and_outputs_are_unchanged(tmp_pat
     tokens = torch.randint(0, len(VOCAB), (3, 11))
     with torch.no_grad():
         assert (plain(tokens)[0] - model(tokens)[0]).abs().max() <= 1e-6
+
+
+def test_export_tensors_of_a_loaded_export_are_its_file(tmp_path):
+    """What hub.py saves of a loaded export is the export's own weights file, tensor for tensor."""
+    from lightning_modules.lm.export import export_tensors
+
+    export_language_model(_pruned_model(10, [12, 7], 0.3, seed=5), VOCAB, tmp_path / "e")
+    plain, _ = load_exported_language_model(tmp_path / "e")
+    on_disk = load_file(tmp_path / "e" / "model.safetensors")
+    saved = export_tensors(plain)
+    assert set(saved) == set(on_disk) and all(torch.equal(saved[k], on_disk[k]) for k in on_disk)

@@ -515,7 +515,7 @@ def test_neuron_selection_callback_adam_takes_the_gates_out_of_the_optimizer():
 def test_docs_example_runs(monkeypatch, capsys):
     text = (REPO / "docs" / "PRUNE_YOUR_MODEL.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 2, "docs/PRUNE_YOUR_MODEL.md: the plain and the Lightning example"
+    assert len(blocks) == 3, "docs/PRUNE_YOUR_MODEL.md: the plain and the Lightning example, then 8 bits"
     # a module of its own, as a user's script is, so that the callback's torch.save can pickle
     # the example's classes by name
     module = types.ModuleType("prune_your_model_example")
@@ -527,3 +527,4 @@ def test_docs_example_runs(monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert f"parameters: {module.dense_params} -> {module.pruned_params}" in printed
     assert "config.json" in printed and "model.pt" in printed
+    assert "DynamicQuantizedGRU" in printed and module.accuracy_int8 >= module.accuracy - 0.05

@@ -120,6 +120,23 @@ def export_language_model(model: LSTMLanguageModel, vocab: list[str], out_dir: s
     return config
 
 
+def contract_names(num_layers: int) -> dict[str, str]:
+    """{the plain model's state_dict key: the contract's tensor name}."""
+    names = {"embedding.weight": "embedding.weight", "decoder.weight": "decoder.weight",
+             "decoder.bias": "decoder.bias"}
+    for k in range(num_layers):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            names[f"rnn.layers.{k}.{name}_l0"] = f"lstm.{k}.{name}"
+    return names
+
+
+def export_tensors(model: LSTMLanguageModel) -> dict[str, torch.Tensor]:
+    """The contract's tensors of a plain (ungated, already exported) model, as its export folder holds them."""
+    state = model.state_dict()
+    return {theirs: state[ours].detach().float().contiguous().cpu()
+            for ours, theirs in contract_names(model.rnn.num_layers).items()}
+
+
 def load_exported_language_model(path: str | Path) -> tuple[LSTMLanguageModel, dict]:
     """Build a plain (ungated) PyTorch model from an export folder."""
     tensors, config, cfg_file, weights = read_export_folder(path, "model")
@@ -134,11 +151,7 @@ def load_exported_language_model(path: str | Path) -> tuple[LSTMLanguageModel, d
     if model.rnn.input_sizes != config["input_sizes"]:
         raise UserError(f"{cfg_file}: input_sizes {config['input_sizes']} do not chain with "
                         f"embedding_dim and hidden_sizes")
-    names = {"embedding.weight": "embedding.weight", "decoder.weight": "decoder.weight",
-             "decoder.bias": "decoder.bias"}
-    for k in range(len(config["hidden_sizes"])):
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            names[f"rnn.layers.{k}.{name}_l0"] = f"lstm.{k}.{name}"
+    names = contract_names(len(config["hidden_sizes"]))
     missing = [key for key in names.values() if key not in tensors]
     if missing:
         raise UserError(f"{weights} lacks the tensors {missing} that {cfg_file} implies; re-export the model")

@@ -11,6 +11,11 @@ Files, for tokens (batch, seq_len) and time-major LSTM input (seq_len, batch, em
   model.onnx  tokens (int64) -> logits (batch, seq_len, vocab), from a zero state
   lstm.onnx   x (float32)     -> output (seq_len, batch, hidden_sizes[-1])
 Each is run in ONNX Runtime right after export and compared with the torch model.
+
+`export_onnx_with_state` writes a third form, the one a stream of text runs on (and the test loop
+measures perplexity with): model_with_state.onnx, tokens and the state in (per layer h_k, and c_k for
+an LSTM, each (1, batch, hidden)), logits and the next state out. `OnnxRuntimeLanguageModel` runs it
+behind the language model's own interface (tokens, state -> logits, state).
 """
 
 from __future__ import annotations
@@ -66,8 +71,9 @@ def _exporter_noise_silenced():
 
     Only these: torch.export's `_check_is_size` FutureWarning and `LeafSpec` FutureWarning
     (raised inside torch), the note that `nn.LSTM._flat_weights` is reassigned while tracing
-    (nn.LSTM's own attribute), and the registry's log lines about torchvision ops it skips
-    (torchvision is not used here). Everything else still reaches the user.
+    (nn.LSTM's own attribute), the note that axes sharing one Dim keep one name, and the
+    registry's log lines about torchvision ops it skips (torchvision is not used here). Everything
+    else still reaches the user.
     """
     registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registry_log.level
@@ -76,6 +82,9 @@ def _exporter_noise_silenced():
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning,
                                 message=r"The tensor attributes .*_flat_weights.* were assigned during export")
+        # the state's batch axes are the tokens' batch axis, one Dim on purpose
+        warnings.filterwarnings("ignore", category=UserWarning,
+                                message=r"# The axis name: batch will not be used, since it shares")
         registry_log.setLevel(logging.ERROR)
         try:
             yield
@@ -91,6 +100,30 @@ def _export_one(module: nn.Module, example: torch.Tensor, path: Path, input_name
                           dynamic_shapes=({batch_axis: torch.export.Dim("batch")},),
                           # one self-contained file: a vocab-10k LSTM LM is far below protobuf's 2 GB limit
                           external_data=False)
+
+
+class LogitsWithState(nn.Module):
+    """tokens (B, T) and the state, flattened (h_0[, c_0], h_1[, c_1], ...) -> logits and the next state,
+    flattened the same way: `LSTMLanguageModel.forward` with its state as separate tensors for ONNX."""
+
+    def __init__(self, model: LSTMLanguageModel) -> None:
+        super().__init__()
+        self.model = model
+        self.parts = state_parts(model.rnn.cell)
+
+    def forward(self, tokens: torch.Tensor, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        state = [tuple(flat[k:k + self.parts]) for k in range(0, len(flat), self.parts)]
+        logits, new_state = self.model(tokens, state)
+        return (logits, *(t for layer in new_state for t in layer))
+
+
+def state_parts(cell: str) -> int:
+    return 2 if cell == "lstm" else 1  # (h, c) per layer, or h alone
+
+
+def state_names(cell: str, num_layers: int, prefix: str) -> list[str]:
+    letters = "hc"[:state_parts(cell)]
+    return [f"{prefix}{letter}_{k}" for k in range(num_layers) for letter in letters]
 
 
 def ort_session(path: str | Path, threads: int, device: str = "cpu"):
@@ -161,3 +194,72 @@ def export_onnx(model: LSTMLanguageModel, out_dir: str | Path, seq_len: int,
         result[name] = str(path)
         result["max_abs_diff"][name] = worst
     return result
+
+
+def export_onnx_with_state(model: LSTMLanguageModel, out_dir: str | Path, seq_len: int,
+                           check_batches: tuple[int, ...] = (1, EXAMPLE_BATCH), seed: int = 0) -> Path:
+    """Write model_with_state.onnx into out_dir, checked against torch (from a random state) at each
+    batch size; returns its path. RuntimeError when ONNX Runtime disagrees by more than TOLERANCE."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    rnn = model.rnn
+    gen = torch.Generator().manual_seed(seed)
+    inputs = ["tokens", *state_names(rnn.cell, rnn.num_layers, "in_")]
+    outputs = ["logits", *state_names(rnn.cell, rnn.num_layers, "out_")]
+
+    def example(batch):
+        tokens = torch.randint(0, model.vocab_size, (batch, seq_len), generator=gen)
+        state = [torch.randn(t.shape, generator=gen) for layer in rnn.init_state(batch) for t in layer]
+        return tokens, *state
+
+    module = LogitsWithState(model).eval()
+    path = out_dir / "model_with_state.onnx"
+    tmp = path.with_name(f".{path.name}.tmp")
+    batch = torch.export.Dim("batch")
+    try:
+        with _exporter_noise_silenced():
+            torch.onnx.export(module, example(EXAMPLE_BATCH), str(tmp), dynamo=True, verbose=False,
+                              input_names=inputs, output_names=outputs,
+                              # the state arrives as forward's *flat: one nested entry for all of it
+                              dynamic_shapes=({0: batch}, tuple({1: batch} for _ in inputs[1:])),
+                              external_data=False)
+        session = ort_session(tmp, threads=1)
+        worst = 0.0
+        for b in check_batches:
+            args = example(b)
+            with torch.inference_mode():
+                expected = module(*args)
+            got = session.run(None, {name: a.numpy() for name, a in zip(inputs, args)})
+            worst = max(worst, *(float(abs(g - e.numpy()).max()) for g, e in zip(got, expected)))
+        if not worst <= TOLERANCE:
+            raise RuntimeError(f"{path}: ONNX Runtime differs from torch by {worst:.3g} (> {TOLERANCE}) at "
+                               f"batch sizes {list(check_batches)}; the ONNX export of this model is wrong")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class OnnxRuntimeLanguageModel(nn.Module):
+    """A model_with_state.onnx file (fp32 or int8) behind the language model's interface: tokens (B, T)
+    and the state (None: zeros) -> logits and the next state, as torch tensors on the CPU. T is the
+    file's fixed sequence length."""
+
+    def __init__(self, path: str | Path, cell: str, threads: int = 1) -> None:
+        super().__init__()
+        self.session = ort_session(path, threads)
+        self.cell = cell
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        # each state input is (1, batch, hidden): its hidden size is fixed in the file
+        self.hidden = [i.shape[2] for i in self.session.get_inputs()[1:]]
+
+    def forward(self, tokens: torch.Tensor, state=None):
+        if state is None:
+            flat = [torch.zeros(1, tokens.shape[0], h) for h in self.hidden]
+        else:
+            flat = [t for layer in state for t in layer]
+        feed = {name: t.detach().cpu().numpy() for name, t in zip(self.inputs, [tokens, *flat])}
+        logits, *out = (torch.from_numpy(a) for a in self.session.run(None, feed))
+        parts = state_parts(self.cell)
+        return logits, [tuple(out[k:k + parts]) for k in range(0, len(out), parts)]

@@ -21,11 +21,16 @@ time step (every batch stream advances one token), and speedups are medians of t
 of the back-to-back runs. Weight bytes and the CPU's cache sizes are recorded beside the
 FLOPs ratio: at batch 1 every weight is read once per token, so whether the weights fit in
 cache, not the FLOPs, sets the time. Run it on an idle machine.
+
+--quantize int8 adds the 8-bit copies of the dense and the pruned model to the same turns
+(lightning_modules/lm/quantize.py; torch and ONNX Runtime alike), and for an export its PTB test
+perplexity in fp32 and in int8 (both backends), through training's test loop with the run's data
+settings: speed.json's int8 block (speed_timing.py says its layout).
 """
 
-# This module is the command (its arguments, their checks, the entry points the profile runner
-# calls); the work is in speed_models.py (what is timed), speed_timing.py (the timing),
-# speed_onnx.py (the ONNX Runtime backend) and speed_json.py (the record written, and the table).
+# One flow: the command's arguments (here) -> the models, built once (speed_models.py: the export,
+# its dense original and plain reference, their ONNX files) -> the timing of those models, and the
+# speed.json written from the models, the settings and the times (speed_timing.py).
 
 from __future__ import annotations
 
@@ -37,23 +42,23 @@ from pathlib import Path
 
 from lightning_modules.errors import UserError
 from lightning_modules.export_folder import EXPORT_CONFIG_FILE
+from lightning_modules.lm.quantize import QUANTIZATIONS
 from lightning_modules.run_dir import CONFIG_FILE, EXPORT_DIR, ONNX_DIR, RESULT_FILE, SPEED_FILE
 
-from . import speed_json
+from . import speed_timing
 from .speed_models import (
     DEFAULT_CELL,
-    DENSE,
-    PLAIN,
-    PRUNED,
+    ExportSpec,
+    Models,
     Sizes,
     check_pruned_fits,
+    export_models,
     export_spec,
     is_language_model_export,
-    plain_model,
-    sizes_block,
-    sizes_of,
+    read_config,
+    sizes_models,
 )
-from .speed_timing import BACKENDS, Settings, measure
+from .speed_timing import BACKENDS, Settings, onnxruntime_devices_for
 
 VOCAB_SIZE = 10000  # PTB's, for --sizes
 QUICK = {"repeats": 3, "warmup": 1}
@@ -143,6 +148,9 @@ def add_arguments(parser) -> None:
                         help="CPU threads for torch and ONNX Runtime alike (default: torch's default)")
     parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"),
                         help="default: cpu, plus cuda when torch sees a GPU")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+                        help="also time the 8-bit copies of the dense and the pruned model (dynamic quantization, "
+                             "torch and ONNX Runtime), and measure the export's int8 test perplexity")
 
 
 def sizes_from_args(sizes: list[tuple[int, ...]], embedding_dims: list[int] | None) -> tuple[Sizes, Sizes]:
@@ -179,11 +187,14 @@ def settings_from_args(args) -> Settings:
     if "cuda" in devices and not torch.cuda.is_available():
         raise UserError("--devices cuda: torch sees no GPU here (torch.cuda.is_available() is False); "
                         "drop cuda or install a CUDA build of torch")
+    backends = tuple(dict.fromkeys(args.backends))
+    onnxruntime_devices, skipped = onnxruntime_devices_for(devices, backends)
     return Settings(
         batches=tuple(dict.fromkeys(args.batches)), seq_len=args.seq_len, repeats=repeats, warmup=warmup,
         threads=torch.get_num_threads(),
         threads_from="--threads" if args.threads is not None else "torch default (OMP_NUM_THREADS, else the cores)",
-        backends=tuple(dict.fromkeys(args.backends)), devices=devices, quick=args.quick)
+        backends=backends, devices=devices, quick=args.quick, onnxruntime_devices=onnxruntime_devices,
+        skipped=skipped, quantize=args.quantize)
 
 
 def default_settings(*args: str) -> Settings:
@@ -200,14 +211,13 @@ def default_settings(*args: str) -> Settings:
 
 # ---- the entry points ------------------------------------------------------------------------------
 
-def measure_models(models: dict, cell: str, settings: Settings, onnx_dirs: dict, kept_onnx: tuple[str, ...],
-                   source: dict, out: Path) -> dict:
-    """Time the models, write the JSON atomically, print the table; returns the JSON's content."""
-    print(f"timing {', '.join(models)} ({source['kind']}); {settings.repeats} repeats after {settings.warmup} "
-          f"warm-up, {settings.threads} threads", file=sys.stderr)
-    measured = measure(models, settings, onnx_dirs, kept_onnx)
-    result = speed_json.document(source, settings, sizes_block(models, cell), measured)
-    speed_json.write(result, out)
+def time_and_write(models: Models, settings: Settings, out: Path) -> dict:
+    """Time the models, write speed.json atomically, print the table; returns the JSON's content."""
+    print(f"timing {', '.join(models.torch)} ({models.source['kind']}); {settings.repeats} repeats after "
+          f"{settings.warmup} warm-up, {settings.threads} threads", file=sys.stderr)
+    measured = speed_timing.measure(models, settings)
+    result = speed_timing.document(models, settings, measured)
+    speed_timing.write(result, out)
     return result
 
 
@@ -222,25 +232,37 @@ def export_output(export_dir: Path, out: str | None) -> Path:
                     f"{CONFIG_FILE} there), so there is no default place for {SPEED_FILE}; give --out FILE.json")
 
 
-def measure_export(export_dir: str | Path, settings: Settings, out: str | None = None) -> dict:
-    """The export against its dense original and against a plain model at its own sizes."""
-    import torch
+@dataclass(frozen=True)
+class ExportJob:
+    """One --export, checked before any measurement starts: its folder, what its config.json says,
+    where speed.json goes, and (--quantize) the PTB data its perplexity is measured on."""
+    export_dir: Path
+    spec: ExportSpec
+    out: Path
+    data: object | None
 
-    from lightning_modules.lm.export import load_exported_language_model
 
+def export_job(export_dir: str | Path, out: str | None, quantize: str | None) -> ExportJob:
     export_dir = Path(export_dir)
     spec = export_spec(export_dir)
     out_path = export_output(export_dir, out)
-    pruned, _ = load_exported_language_model(export_dir)
-    check_pruned_fits(spec.original, sizes_of(pruned), where=str(export_dir / EXPORT_CONFIG_FILE))
-    torch.manual_seed(0)
-    models = {DENSE: plain_model(pruned.vocab_size, spec.original, spec.cell), PRUNED: pruned,
-              PLAIN: plain_model(pruned.vocab_size, sizes_of(pruned), spec.cell)}
-    source = speed_json.export_source(export_dir, out_path.parent)
+    data = None
+    if quantize:  # its perplexity is measured on PTB: a vocabulary of other data is refused here
+        from lightning_modules.lm.evaluate import ptb_data_of_run
+
+        vocab = read_config(export_dir / EXPORT_CONFIG_FILE).get("vocab", [])
+        data = ptb_data_of_run(out_path.parent, vocab, f"--quantize with --export {export_dir}")
+    return ExportJob(export_dir, spec, out_path, data)
+
+
+def measure_export(export_dir: str | Path, settings: Settings, out: str | None = None,
+                   job: ExportJob | None = None) -> dict:
+    """The export against its dense original and against a plain model at its own sizes (`job`: the
+    export already checked by `export_job`)."""
+    job = job or export_job(export_dir, out, settings.quantize)
     with tempfile.TemporaryDirectory(prefix="speed-onnx-") as tmp:
-        # the export's ONNX files are kept beside speed.json; the other two are only timed
-        onnx_dirs = {DENSE: Path(tmp) / DENSE, PRUNED: out_path.parent / ONNX_DIR, PLAIN: Path(tmp) / PLAIN}
-        return measure_models(models, spec.cell, settings, onnx_dirs, (PRUNED,), source, out_path)
+        models = export_models(job.export_dir, job.spec, settings, job.out.parent / ONNX_DIR, Path(tmp), job.data)
+        return time_and_write(models, settings, job.out)
 
 
 def sizes_output(dense: Sizes, pruned: Sizes, explicit_embedding: bool) -> Path:
@@ -253,13 +275,9 @@ def sizes_output(dense: Sizes, pruned: Sizes, explicit_embedding: bool) -> Path:
 def measure_sizes(dense: Sizes, pruned: Sizes, settings: Settings, out: Path, cell: str = DEFAULT_CELL,
                   vocab_size: int = VOCAB_SIZE) -> dict:
     """Plain models at two sets of sizes; no export involved, so no export/plain ratio."""
-    import torch
-
-    torch.manual_seed(0)
-    models = {DENSE: plain_model(vocab_size, dense, cell), PRUNED: plain_model(vocab_size, pruned, cell)}
     with tempfile.TemporaryDirectory(prefix="speed-onnx-") as tmp:
-        onnx_dirs = {name: Path(tmp) / name for name in models}
-        return measure_models(models, cell, settings, onnx_dirs, (), speed_json.sizes_source(), out)
+        models = sizes_models(dense, pruned, cell, vocab_size, settings, Path(tmp))
+        return time_and_write(models, settings, out)
 
 
 def measure_run_dirs(run_dirs: list[Path], settings: Settings | None = None) -> list[Path]:
@@ -289,13 +307,12 @@ def run(args) -> None:
         dense, pruned = sizes_from_args(args.sizes, args.embedding_dims)
         cell = cell_from_args(args.cell)
     else:
-        for export_dir in args.export:  # every path checked before the first (long) measurement
-            export_spec(export_dir)
-            export_output(Path(export_dir), args.out)
+        # every export checked before the first (long) measurement
+        jobs = [export_job(export_dir, args.out, args.quantize) for export_dir in args.export]
     settings = settings_from_args(args)
     if args.sizes:
         out = Path(args.out) if args.out else sizes_output(dense, pruned, args.embedding_dims is not None)
         measure_sizes(dense, pruned, settings, out, cell)
     else:
-        for export_dir in args.export:
-            measure_export(export_dir, settings, args.out)
+        for job in jobs:
+            measure_export(job.export_dir, settings, job=job)
