@@ -272,3 +272,52 @@ def test_packed_graph_runs_equal_each_run_alone_on_cuda(tmp_path):
         assert a["neurons_kept"] == b["neurons_kept"]
         for m in ("val_ppl", "test_ppl"):  # cuDNN's LSTM kernels are not bit-deterministic run to run
             assert abs(a["metrics"][m] - b["metrics"][m]) <= 1e-4 * a["metrics"][m], (n, m, a, b)
+
+
+def _batched_on_cuda(mode: str, precisions: tuple[str, ...]):
+    from lightning_modules.lm.batched import BatchedLMTrainStep, CounterNoise, Member
+    from lightning_modules.precision import apply_precision
+
+    members, tasks = [], []
+    for i, (name, precision) in enumerate(zip(("l0", "group_lasso", "magnitude", "l0_adam_gates"), precisions)):
+        torch.manual_seed(i)
+        task = LanguageModelTask(vocab_size=300, embedding_dim=32, hidden_sizes=[48, 40], dropout=0.2,
+                                 gate_history_every=0, lr=0.5, **STEP_METHODS[name]).cuda().train()
+        hp = task.hparams
+        members.append(Member(name=name, model=task.model, pruning=task.pruning,
+                              optimizer=task.configure_optimizers()["optimizer"],
+                              clipped=clipped_parameters(task.model.weight_parameters(), task.model.gate_parameters(),
+                                                         hp.gate_update),
+                              max_grad_norm=hp.max_grad_norm, loss_metric=task.train_ce,
+                              penalty_metric=task.train_penalty, noise=CounterNoise(i + 1, "cuda"),
+                              precision=precision))
+        tasks.append(task)
+    step = BatchedLMTrainStep(members, mode=mode, device=torch.device("cuda"), set_precision=apply_precision)
+    gen = torch.Generator().manual_seed(1)
+    windows = [tuple(torch.randint(0, 300, (6, 9), generator=gen).cuda() for _ in range(2)) for _ in range(16)]
+    return tasks, step, windows
+
+
+@pytest.mark.parametrize("precisions", [("fp32",) * 4, ("fp32", "fp32", "tf32", "tf32")])
+def test_batched_graph_step_captures_and_matches_the_eager_step_on_cuda(precisions):
+    """The batched trainer's step (lightning_modules/lm/batched.py): captured and replayed, it trains as
+    the same step run eagerly, each member's counter-based noise read from device memory at every
+    replay, magnitude's host updates eager in between; with two precision groups each group's kernels
+    run (and are captured) under its own flags."""
+    from lightning_modules.precision import apply_precision
+
+    results = {}
+    for mode in ("fused", "graph"):
+        tasks, step, windows = _batched_on_cuda(mode, precisions)
+        losses = []
+        for n, (x, y) in enumerate(windows, 1):
+            step(x, y, n)
+            losses.append(step.last_loss.clone())
+        if mode == "graph":
+            assert step.mode == "graph" and step._graphs, "capture failed (see stderr)"
+        results[mode] = (torch.stack(losses).cpu(), [p.detach().cpu() for t in tasks for p in t.parameters()])
+    apply_precision("fp32")
+    (loss_f, w_f), (loss_g, w_g) = results["fused"], results["graph"]
+    assert _max_rel_diff(loss_g, loss_f) < 1e-4
+    for a, b in zip(w_g, w_f):
+        assert _max_rel_diff(a, b) < 1e-4
