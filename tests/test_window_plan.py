@@ -95,5 +95,6 @@ def test_the_window_lists_each_runs_seed_overrides_and_precision(tmp_path, capsy
 
     assert main(["medium", "--records", str(tmp_path)]) == 0
     lines = {line.split("\t")[0]: line.split("\t") for line in capsys.readouterr().out.splitlines()}
-    assert lines["medium_l0_lambda1e-7"][2:] == ["--model.reg_lambda=1e-7", "fp32"]
-    assert lines["medium_l0_tf32_seed2"][2:] == ["--seed_everything=2 --precision=tf32", "tf32"]
+    assert lines["medium_l0_lambda1e-7"][2:] == ["fp32", "--model.reg_lambda=1e-7"]
+    assert lines["medium_l0_tf32_seed2"][2:] == ["tf32", "--seed_everything=2 --precision=tf32"]
+    assert lines["medium_l0"][2:] == ["fp32", ""]  # no overrides: an empty last field

@@ -216,16 +216,23 @@ class LanguageModelTask(PrunedTask):
     def _get_train_step(self) -> LMTrainStep:
         optimizer = self.optimizers().optimizer
         if self._train_step is None or self._train_step.optimizer is not optimizer:
-            hp = self.hparams
-            max_norm = hp.max_grad_norm if hp.max_grad_norm is not None and math.isfinite(hp.max_grad_norm) else None
-            clipped = clipped_parameters(self.model.weight_parameters(), self.model.gate_parameters(), hp.gate_update)
+            clipped, max_norm = self.step_clip()
             self._train_step = LMTrainStep(self.model, self.pruning, optimizer, clipped=clipped,
-                                           max_grad_norm=max_norm, mode=hp.step_impl, loss_metric=self.train_ce,
-                                           penalty_metric=self.train_penalty, device=self.device)
+                                           max_grad_norm=max_norm, mode=self.hparams.step_impl,
+                                           loss_metric=self.train_ce, penalty_metric=self.train_penalty,
+                                           device=self.device)
             if self._saved_step_lr is not None:  # the lr tensors of the checkpoint resumed from
                 self._train_step.update.set_lr(self._saved_step_lr)
                 self._saved_step_lr = None
         return self._train_step
+
+    def step_clip(self) -> tuple[list, float | None]:
+        """What a fused step clips and to which global norm (None: no clip): LMTrainStep's and the
+        batched trainer's members' (lightning_modules/lm/batched.py)."""
+        hp = self.hparams
+        max_norm = hp.max_grad_norm if hp.max_grad_norm is not None and math.isfinite(hp.max_grad_norm) else None
+        clipped = clipped_parameters(self.model.weight_parameters(), self.model.gate_parameters(), hp.gate_update)
+        return clipped, max_norm
 
     def _raise_if_nonfinite(self) -> None:
         """fused/graph: the first non-finite objective, recorded on the device, stops the run here."""

@@ -1,7 +1,7 @@
 """Which runs of the paper profile a GPU window trains (reproduce/measure/gpu/window.sh reads them here):
 `python -m reproduce.orchestrate.gpu_window medium|large --records DIR [--rerun]` prints one line per
-run, its name, config, arguments after the config (its seed and overrides) and precision, tab-separated,
-in the profile's order.
+run, its name, config, precision and the arguments after the config (its seed and overrides; last, as
+they may be none), tab-separated, in the profile's order.
 
 The window has no list of its own: the runs are the paper profile's (reproduce/profiles/ptb.yaml), so
 the two cannot drift apart.
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs, recorded = window_runs(args.kind, args.records, args.rerun)
     for run in runs:
-        print(run.name, run.config, " ".join(run_arguments(run)), run_precision(run), sep="\t")
+        print(run.name, run.config, run_precision(run), " ".join(run_arguments(run)), sep="\t")
     if recorded:
         print(f"recorded in {args.records}, not trained again: {' '.join(recorded)}", file=sys.stderr)
     return 0

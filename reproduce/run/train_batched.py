@@ -89,7 +89,6 @@ def default_job_dir(run_dirs: list[Path]) -> Path:
 
 def build_job(member_args: list[list[str]], job_dir: str | None, echo) -> Job | None:
     from lightning_modules.lm.batched import CounterNoise, Member
-    from lightning_modules.pruning.optim import clipped_parameters
 
     clis, args, run_dirs = [], [], []
     for a in member_args:
@@ -125,12 +124,10 @@ def build_job(member_args: list[list[str]], job_dir: str | None, echo) -> Job | 
         task.model.train()
         configured = task.configure_optimizers()
         optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
-        hp = task.hparams
-        max_norm = hp.max_grad_norm if hp.max_grad_norm is not None and math.isfinite(hp.max_grad_norm) else None
+        clipped, max_norm = task.step_clip()
         members.append(Member(
             name=str(run_dir), model=task.model, pruning=task.pruning, optimizer=optimizer,
-            clipped=clipped_parameters(task.model.weight_parameters(), task.model.gate_parameters(), hp.gate_update),
-            max_grad_norm=max_norm, loss_metric=task.train_ce, penalty_metric=task.train_penalty,
+            clipped=clipped, max_grad_norm=max_norm, loss_metric=task.train_ce, penalty_metric=task.train_penalty,
             noise=CounterNoise(int(cli.config["seed_everything"]), device), precision=_member_precision(cli)))
         schedulers.append(scheduler)
     job = Path(job_dir) if job_dir else default_job_dir(run_dirs)
@@ -338,6 +335,11 @@ def run_batched(member_args: list[list[str]], *, step_impl: str = "graph", check
     commit = git_commit()
     quiet_known_warnings()
     warnings.filterwarnings("ignore", message=r".*does not have many workers")
+    # each member's CLI parses its --member string, not this process's argv, by design
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    # the members' optimisers update through the step's learning-rate tensors (TensorLRUpdate), never
+    # through optimizer.step(), whose call count the scheduler's check reads
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
     if step_impl not in STEP_IMPLS:
         raise UserError(f"--step_impl must be one of {', '.join(STEP_IMPLS)}, got {step_impl!r}")
     job = build_job(member_args, job_dir, echo)

@@ -177,7 +177,7 @@ else
   LIST=$(mktemp); $PY -m reproduce.orchestrate.gpu_window "$KIND" --records "$RECORDS" \
     $([ "$DRY" = 1 ] || [ "${WINDOW_RERUN:-0}" = 1 ] && echo --rerun) > "$LIST" 2>> "$LOG"
 fi
-while IFS=$'\t' read -r name config overrides precision; do
+while IFS=$'\t' read -r name config precision overrides; do
   NAMES+=("$name"); CONFIGS+=("$config"); OVERRIDES+=("$overrides"); PRECS+=("$precision")
 done < "$LIST"
 [ ${#NAMES[@]} = 0 ] && { say "every run of this plan is recorded in $RECORDS (WINDOW_RERUN=1 trains them again)"; pack; exit 0; }
