@@ -212,7 +212,12 @@ def test_paper_profile_has_the_gpu_windows_medium_runs_in_its_order():
                       ("medium_l0_lambda1e-7", "ptb_medium_l0.yaml", ["--model.reg_lambda=1e-7"]),
                       ("medium_iss_lambda1.4e-4", "ptb_medium_group_lasso.yaml", ["--model.reg_lambda=1.4e-4"]),
                       ("medium_magnitude", "ptb_medium_magnitude.yaml", []),
-                      ("medium_direct", "ptb_medium_direct.yaml", [])]
+                      ("medium_direct", "ptb_medium_direct.yaml", []),
+                      # the TF32 controls (issue 30), last: trained beside the comparison, judged by the criterion
+                      ("medium_dense_tf32", "ptb_medium_dense.yaml", ["--precision=tf32"]),
+                      ("medium_dense_tf32_seed2", "ptb_medium_dense.yaml", ["--seed_everything=2", "--precision=tf32"]),
+                      ("medium_l0_tf32", "ptb_medium_l0.yaml", ["--precision=tf32"]),
+                      ("medium_l0_tf32_seed2", "ptb_medium_l0.yaml", ["--seed_everything=2", "--precision=tf32"])]
     assert all(not j.waits_for for j in jobs if j.name.startswith("medium"))  # fixed sizes: no run waits
     assert [j.name for j in jobs][len(medium):] == ["large_dense", "large_l0", "large_group_lasso",
                                                     "large_group_lasso_ft", "large_direct"]
