@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_modules.errors import UserError
-from lightning_modules.run_dir import METRICS_FILE, RESULT_FILE
+from lightning_modules.run_dir import METRICS_FILE, RESULT_FILE, SPEED_FILE
 
 from ..report.runs import read_result, read_speed
 
@@ -58,7 +58,7 @@ def setting_of(result: dict, speed_cpu: str | None = None) -> Setting:
     new, old = NEW_SUMMARY.match(hardware), OLD_SUMMARY.match(hardware)
     if new:
         return Setting(result.get("git_commit"), new["cpu"], new["torch"], int(new["threads"]))
-    cpu = f"{speed_cpu} (from its speed.json; result.json names none)" if speed_cpu else None
+    cpu = f"{speed_cpu} (from its {SPEED_FILE}; {RESULT_FILE} names none)" if speed_cpu else None
     return Setting(result.get("git_commit"), hardware if hardware and not old else cpu, None,
                    int(old["threads"]) if old else None)
 
@@ -214,7 +214,7 @@ def verify(record: Path, epochs: int | None = None, keep: Path | None = None, ec
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("record", help="a record folder (result.json, metrics.csv), e.g. "
+    parser.add_argument("record", help=f"a record folder ({RESULT_FILE}, {METRICS_FILE}), e.g. "
                         "reproduce/measured/ptb_small/l0")
     parser.add_argument("--epochs", type=int, default=None, metavar="K",
                         help="re-run and compare the first K epochs only (default: all of them)")
