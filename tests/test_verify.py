@@ -93,7 +93,8 @@ def test_settings_are_read_from_both_hardware_lines():
     old = setting_of({"git_commit": "def", "hardware": "x86_64, 2 CPU cores, torch threads 1"}, "AMD EPYC")
     assert old.threads == 1 and old.torch is None and old.cpu.startswith("AMD EPYC (from its speed.json")
     lines = differences(old, Setting("ghi", "AMD EPYC", "2.13.0+cpu", 1))
-    assert lines == ["commit: def then, ghi now", "CPU model: same (AMD EPYC)",
+    assert lines == ["commit: def then, ghi now",
+                     "CPU model: same (AMD EPYC; the record's from its speed.json; result.json names none)",
                      "torch version: not recorded, now 2.13.0+cpu", "threads: same (1)"]
 
 

@@ -136,7 +136,8 @@ def differences(then: Setting, now: Setting) -> list[str]:
         if a is None:
             lines.append(f"{label}: not recorded, now {b}")
         elif str(a).split(" (from")[0] == str(b):
-            lines.append(f"{label}: same ({b})")
+            inferred = f"; the record's {str(a)[len(str(b)) + 2:-1]}" if str(a) != str(b) else ""
+            lines.append(f"{label}: same ({b}{inferred})")
         else:
             lines.append(f"{label}: {a} then, {b} now")
     return lines
@@ -193,7 +194,7 @@ def verify(record: Path, epochs: int | None = None, keep: Path | None = None, ec
     if then.threads:  # torch reads it at start: the re-run computes with the record's thread count
         env["OMP_NUM_THREADS"] = str(then.threads)
     print(f"re-running {record} ({'all ' + str(len(compared)) if epochs is None else f'first {epochs} of'}"
-          f" {len(recorded)} epochs) in {run_dir}:\n  {shlex.join(argv[1:])}", file=echo, flush=True)
+          f" {len(recorded)} epochs) in {run_dir}:\n  python {shlex.join(argv[1:])}", file=echo, flush=True)
     try:
         proc = subprocess.run(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True)
