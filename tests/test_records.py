@@ -245,12 +245,18 @@ def test_table_of_records_prints_what_the_readme_block_holds(records, tmp_path, 
     assert "| direct design | sizes of l0 |" in printed and "## small (2x200)" in printed
 
 
-def test_the_equal_flops_part_prints_what_its_block_holds_and_the_files_keep_everything(records, tmp_path, capsys):
+def printed_part(args: str, root, capsys) -> str:
+    """What `python -m reproduce table ARGS` prints, checked to be what a block of those ARGS holds."""
     capsys.readouterr()
-    args = "ptb --runs reproduce/measured/ptb_small --heading-level 3 --scale small --part equal-flops"
     assert main(["table", *args.split()]) == 0
     printed = capsys.readouterr().out
-    assert printed.strip() == render_block(args, tmp_path).strip()
+    assert printed.strip() == render_block(args, root).strip()
+    return printed
+
+
+def test_the_equal_flops_part_prints_what_its_block_holds_and_the_files_keep_everything(records, tmp_path, capsys):
+    printed = printed_part("ptb --runs reproduce/measured/ptb_small --heading-level 3 --scale small --part equal-flops",
+                           tmp_path, capsys)
     assert printed.startswith("### Test ppl at equal FLOPs/token") and "**small (2x200)**" in printed
     assert "| r1 |" not in printed and "Sources" not in printed  # the part alone: no rows, no commands
     assert "3 finished runs (the small scale) in `reproduce/measured/ptb_small`" in printed
@@ -259,11 +265,7 @@ def test_the_equal_flops_part_prints_what_its_block_holds_and_the_files_keep_eve
 
 
 def test_the_verdict_part_is_the_comparisons_in_a_few_lines(records, tmp_path, capsys):
-    capsys.readouterr()
-    args = "ptb --runs reproduce/measured/ptb_small --scale small --part verdict"
-    assert main(["table", *args.split()]) == 0
-    printed = capsys.readouterr().out
-    assert printed.strip() == render_block(args, tmp_path).strip()
+    printed = printed_part("ptb --runs reproduce/measured/ptb_small --scale small --part verdict", tmp_path, capsys)
     # L0 (117.8, one seed) against the direct design (116.1) at L0's own shape, 434,000 of 800,000 FLOPs
     assert ("- L0 against direct design: **worse** at 54.2 % of dense FLOPs (by 1.70); dominates its rows on the "
             "FLOPs front: **no**.") in printed and "| r1 |" not in printed
