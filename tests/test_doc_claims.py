@@ -15,6 +15,7 @@ A quoted number is accepted when it is, at the precision quoted:
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from functools import lru_cache
 
@@ -112,3 +113,13 @@ def test_the_check_fails_on_statements_the_records_no_longer_support(stale):
     text = RESULTS.read_text()
     added = text.replace("## PTB small (2x200)", f"## PTB small (2x200)\n\n{stale}\n", 1)
     assert set(claim_problems(added)) - set(claim_problems(text))
+
+
+def test_the_readme_quotes_the_medium_record_as_it_is():
+    """The README's headline: the dense medium run's epochs and training time, from its record."""
+    record = json.loads((REPO / "reproduce" / "measured" / "ptb_medium" / "medium_dense" / "result.json").read_text())
+    text = " ".join((REPO / "README.md").read_text().split())
+    m = re.search(r"(\d+) epochs on one lent H200 on (\d{4}-\d\d-\d\d) \((\d+) s of training", text)
+    assert m, "the README's headline no longer names the dense medium run's epochs, date and training time"
+    assert (int(m[1]), m[2], int(m[3])) == (record["epochs"], record["finished_at"][:10],
+                                             round(record["wall_time_s"]["train"]))

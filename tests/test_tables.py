@@ -564,3 +564,18 @@ def test_settings_left_out_of_an_experiment_are_the_models_own():
                 for name in inspect.signature(task.__init__).parameters}
     assert set(GATE_SETTINGS) | set(NOT_THE_EXPERIMENT) <= settings
     assert all(name.startswith(("gate", "log_alpha", "inner_input_gates")) for name in GATE_SETTINGS)
+
+
+def test_the_renderers_only_format():
+    """The runs are resolved once (rows.py) and the statistics computed once (comparisons.py): the
+    renderers call none of runs.py's scale, section or grouping functions, nor fronts.py's tests."""
+    import ast
+
+    resolved_elsewhere = {"scale_and_section", "size_scale", "group_runs", "is_reference", "method_rank",
+                          "experiment_key", "compare", "relations", "coverage", "pooled_noise", "front_value"}
+    for name in ("tables.py", "plots.py"):
+        tree = ast.parse((REPO / "reproduce" / "report" / name).read_text())
+        imported = {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for a in node.names}
+        assert not imported & resolved_elsewhere, (name, imported & resolved_elsewhere)
+    # a formatter that grows past this is computing again (issue 31: 768 lines before)
+    assert len((REPO / "reproduce" / "report" / "tables.py").read_text().splitlines()) <= 450
