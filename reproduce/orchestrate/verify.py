@@ -6,9 +6,9 @@ record's metrics.csv: it prints "identical" or the largest difference. Then it n
 between the record and this re-run: the commit, the CPU model, the torch version and the threads.
 
 Why the comparison says how far apart rather than failing: CPU training at one thread is
-deterministic on one CPU model (re-runs of committed records matched to the last digit in every
-epoch there), but not across CPU models, whose kernels round differently; a row's seed spread in the
-tables mixes both.
+deterministic on one CPU model (docs/RESULTS.md: a re-run of a record on the CPU model that trained
+it, identical to the last digit), but not across CPU models, whose kernels round differently; a
+row's seed spread in the tables mixes both.
 
 The first K epochs are cut by the trainer's step limit, not by max_epochs: a learning-rate schedule
 that reads max_epochs (lr_schedule thirds) then runs as it did in the record.
