@@ -356,7 +356,7 @@ def render_verdict(report: Report) -> list[str]:
                 by = f"{gaps[0]:.2f}" if len(gaps) == 1 else f"{gaps[0]:.2f} to {gaps[-1]:.2f}"
                 said.append(f"**{kind}** at {where} of dense FLOPs ({'gap' if kind == 'within noise' else 'by'} {by})")
             front = next((a for a in section.answers if (a.gated, a.other, a.front) == (g, o, "flops")), None)
-            dominates = (f"; dominates its rows on the FLOPs front: **{answer(front.won)}**"
+            dominates = (f"; does {g} dominate {o} on the FLOPs front? **{answer(front.won)}**"
                          if front and front.won else "")
             lines.append(f"- {g} against {o}: " + ", ".join(said) + dominates + ".")
         if lines:
