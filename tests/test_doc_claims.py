@@ -71,10 +71,12 @@ def computed() -> tuple[set, set, set]:
 
 def prose(text: str) -> str:
     """The text of the small comparison's sections, its generated blocks left out."""
+    kept, pos = [], 0
     for block in readme_blocks(text):
-        text = text.replace(text[block.start:block.end], "")
-    start = text.index("## PTB small (2x200)")
-    return text[start:]
+        kept.append(text[pos:block.start])
+        pos = block.end
+    text = "".join(kept) + text[pos:]
+    return text[text.index("## PTB small (2x200)"):]
 
 
 def quoted(number: str, found: set) -> bool:
