@@ -26,6 +26,7 @@ COMMANDS = {
     "speed": ("measure.speed", "inference latency of pruned exports or plain sizes: torch eager and ONNX Runtime"),
     "sweep": ("orchestrate.sweep", "run a W&B sweep YAML locally, offline, skipping finished runs"),
     "bench": ("measure.bench", "training speed: the gates' overhead, or (--steps) eager vs fused vs graph steps"),
+    "verify": ("orchestrate.verify", "re-run a record's training command, compare each epoch's val ppl with it"),
 }
 
 

@@ -9,7 +9,7 @@ import math
 import statistics
 
 import pytest
-from fixtures.run_dirs import result, speed_json, write_run
+from fixtures.run_dirs import result, speed_json, write_run, write_table
 from fixtures.seed_records import MEASURED, SEED_TEST_PPL, records_with_seeds, seed1_test_ppl
 from scipy import stats
 from test_tables import with_props
@@ -32,7 +32,6 @@ from reproduce.report.fronts import (
     relation,
     relations,
 )
-from reproduce.report.tables import write_tables
 
 
 @pytest.mark.parametrize("a,b,lower,expected", [
@@ -88,9 +87,17 @@ def test_welch_by_hand_and_as_scipy_computes_it():
     c = compare([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], None)
     assert (c.diff, c.test) == (-3.0, WELCH) and c.p == pytest.approx(0.021312, abs=1e-6) and c.significant
     # unequal sizes and variances: the Welch-Satterthwaite degrees of freedom
-    c = compare([1.0, 2.0, 3.0, 4.0], [4.0, 7.0], Noise(0.01, 10, 3))  # both have seeds: the noise is not used
-    assert c.p == pytest.approx(stats.ttest_ind([1, 2, 3, 4], [4, 7], equal_var=False).pvalue)
+    c = compare([1.0, 2.0, 3.0, 4.0], [4.0, 7.0, 9.0], Noise(0.01, 10, 3))  # three seeds each: noise not used
+    assert c.p == pytest.approx(stats.ttest_ind([1, 2, 3, 4], [4, 7, 9], equal_var=False).pvalue)
     assert c.test == WELCH and not c.significant
+    # two seeds on a side: their one degree of freedom says little, the pooled std stands in
+    c = compare([1.0, 2.0, 3.0, 4.0], [4.0, 7.0], Noise(0.01, 10, 3))
+    assert c.test == POOLED and c.p == pytest.approx(2 * stats.t.sf(3.0 / (0.01 * math.sqrt(1 / 4 + 1 / 2)), 10))
+    # two seeds that agree to 0.02 no longer make a gap of 1 significant by themselves
+    c = compare([113.08, 113.10], [112.1, 112.6, 111.5], Noise(0.54, 18, 9))
+    assert c.test == POOLED and not c.significant
+    # and without any noise estimate, two seeds each are still tested by Welch's t
+    assert compare([1.0, 2.0], [4.0, 7.0], None).test == WELCH
     # seeds that agree to the digit on one side only: the other side's spread alone
     c = compare([5.0, 5.0, 5.0], [1.0, 2.0, 3.0], None)
     assert c.p == pytest.approx(2 * stats.t.sf(3.0 / math.sqrt(1 / 3), 2))
@@ -177,7 +184,7 @@ def test_fronts_section_answers_does_l0_dominate(tmp_path):
     _write(runs, "dense", [200, 200], 112.0, 1.0, "dense")
     _write(runs, "l0", [70, 130], 113.0, 1.6, "L0", lam=1e-6, gated=True)
     _write(runs, "iss", [116, 173], 101.6, 1.2, "ISS group Lasso", lam=1e-4, zeroes_weights=True)
-    section = fronts_section(write_tables("ptb", runs, tmp_path / "a")["markdown"].read_text())
+    section = fronts_section(write_table("ptb", runs, tmp_path / "a")["markdown"].read_text())
     assert "| r1 | dense |" in section and "dominated by r3 | dominated by r3 |" in section
     assert "| r2 | L0 | 1e-06 | 1 |" in section and "| on the front | on the front |" in section
     # one seed everywhere: no noise estimate, said once per section and in every answer
@@ -188,7 +195,7 @@ def test_fronts_section_answers_does_l0_dominate(tmp_path):
             ) in section
     # an L0 run smaller, faster and better than ISS turns the answer to yes, and puts ISS off the front
     _write(runs, "l0_b", [110, 170], 100.0, 1.3, "L0", lam=5e-7, gated=True)
-    section = fronts_section(write_tables("ptb", runs, tmp_path / "b")["markdown"].read_text())
+    section = fronts_section(write_table("ptb", runs, tmp_path / "b")["markdown"].read_text())
     assert ("against FLOPs/token: **yes** (one seed, untested): L0 dominates 1 of 1 ISS group Lasso row, ISS group "
             "Lasso dominates 0 of 2 L0 rows") in section
     iss_line = next(line for line in section.splitlines() if "| ISS group Lasso |" in line)
@@ -201,7 +208,7 @@ def test_unmeasured_speed_is_said_not_guessed(tmp_path):
     _write(runs, "l0", [70, 130], 113.0, 1.6, "L0", lam=1e-6, gated=True)
     res = result("group_lasso", [200, 200], [116, 173], 105.0, 101.6, lam=1e-4)
     write_run(runs, "iss", with_props(res, label="ISS group Lasso", zeroes_weights=True))  # no speed.json
-    section = fronts_section(write_tables("ptb", runs, tmp_path / "a")["markdown"].read_text())
+    section = fronts_section(write_table("ptb", runs, tmp_path / "a")["markdown"].read_text())
     iss_line = next(line for line in section.splitlines() if "| ISS group Lasso |" in line)
     assert iss_line.endswith("| not measured | 101.60 | on the front | not measured |")
     assert "against batch-1 time: not measured." in section
@@ -215,7 +222,7 @@ def test_a_method_dominates_when_each_row_of_the_other_is_dominated(tmp_path):
     _write(runs, "l0_big", [150, 190], 110.0, 1.1, "L0", lam=5e-7, gated=True)
     _write(runs, "iss", [140, 180], 105.0, 1.15, "ISS group Lasso", lam=1e-4, zeroes_weights=True)
     _write(runs, "l0_small", [120, 170], 104.0, 1.3, "L0", lam=1e-6, gated=True)
-    section = fronts_section(write_tables("ptb", runs, tmp_path / "a")["markdown"].read_text())
+    section = fronts_section(write_table("ptb", runs, tmp_path / "a")["markdown"].read_text())
     assert ("against FLOPs/token: **yes** (one seed, untested): L0 dominates 1 of 1 ISS group Lasso row, ISS group "
             "Lasso dominates 1 of 2 L0 rows") in section
 
@@ -228,7 +235,7 @@ def test_same_shape_rows_are_compared_on_quality_alone_on_the_time_front(tmp_pat
     _write(runs, "dense", [200, 200], 112.0, 1.0, "dense")
     _write(runs, "l0", [68, 135], 113.1, 1.59, "L0", lam=1e-6, gated=True)
     _write(runs, "direct", [68, 135], 115.3, 1.63, "direct design", sizes_from="runs/l0/result.json")
-    section = fronts_section(write_tables("ptb", runs, tmp_path / "a")["markdown"].read_text())
+    section = fronts_section(write_table("ptb", runs, tmp_path / "a")["markdown"].read_text())
     direct_line = next(line for line in section.splitlines() if "| direct design |" in line)
     assert direct_line.endswith("| dominated by r2 | dominated by r2 |"), direct_line
     assert "Does L0 dominate direct design? against FLOPs/token: **yes**" in section
@@ -249,7 +256,7 @@ def test_seeds_turn_a_plain_win_into_within_noise(tmp_path):
         _write(runs, f"direct_seed{seed}", [68, 135], direct, 1.63, "direct design", seed=seed,
                sizes_from="runs/l0/result.json")
     _write(runs, "iss", [63, 118], 108.5, 1.85, "ISS group Lasso", lam=2e-4, zeroes_weights=True)  # one seed
-    md = write_tables("ptb", runs, tmp_path / "a")["markdown"].read_text()
+    md = write_table("ptb", runs, tmp_path / "a")["markdown"].read_text()
     section = fronts_section(md)
     # rows: r1 dense, r2 L0, r3 ISS, r4 magnitude, r5 direct (zeroing methods in label order)
     l0_line = section_line(section, "| r2 | L0 | 1e-06 | 1, 2, 3 |")
@@ -281,7 +288,7 @@ SEEDS = SEED_TEST_PPL
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
     runs = records_with_seeds(tmp_path_factory.mktemp("records"), SEEDS)
-    out = write_tables("ptb", runs, tmp_path_factory.mktemp("out"), where="reproduce/measured/ptb_small")
+    out = write_table("ptb", runs, tmp_path_factory.mktemp("out"), where="reproduce/measured/ptb_small")
     return out["markdown"].read_text(), out["equal_flops_csv"].read_text()
 
 
@@ -323,8 +330,11 @@ def test_equal_flops_table_by_hand(seeded):
     # ISS at 50 %: only seed 1 has a run below it (4e-4, 2,000,000 FLOPs at 116.0); seeds 2 and 3 start at 2e-4
     iss = at(half, 2_000_000, flops("group_lasso_lambda2e-4"), 116.0, seed1_test_ppl("group_lasso_lambda2e-4"))
     cells = [c.strip() for c in section_line(section, "| 50 %: 2,640,000 |").strip("|").split("|")]
+    # the cell says which of the method's seeds have no value, and where their runs lie instead
+    span = f"{100 * flops('group_lasso_lambda2e-4') / dense:.1f} %–{100 * flops('group_lasso') / dense:.1f} %"
     assert cells == ["50 %: 2,640,000", f"{statistics.fmean(l0):.2f} ± {statistics.stdev(l0):.2f} (seeds 1, 2, 3)",
-                     "", f"{iss:.2f} (seed 1)", "", "", ""]  # magnitude and direct: runs on one side only
+                     "", f"{iss:.2f} (seed 1; seed 2: runs only at {span}; seed 3: runs only at {span})", "", "",
+                     ""]  # magnitude and direct: runs on one side only
     shape = flops("magnitude")
     cells = [c.strip() for c in section_line(section, f"| 58.0 %: {shape:,} (structured magnitude, direct design) |")
              .strip("|").split("|")]
@@ -343,7 +353,7 @@ def test_equal_flops_table_by_hand(seeded):
             f"p = {p_mag:.3f}. L0 better at 0, worse at 0, within noise at 1 of 1 point.") in section
     # the CSV holds each seed's value
     line = next(r for r in equal_csv.splitlines() if r.startswith("ptb,small (2x200),2640000.0,0.5,[],L0,"))
-    assert line.endswith(f",3,\"[1, 2, 3]\",\"{json.dumps(l0)}\"")
+    assert line.endswith(f",3,\"[1, 2, 3]\",\"{json.dumps(l0)}\",[]")  # no seed without a value
     # every point some method reached is a line of the Markdown; the CSV lists every point
     by_point: dict[str, list[dict]] = {}
     for r in csv.DictReader(io.StringIO(equal_csv)):
@@ -356,7 +366,7 @@ def test_equal_flops_table_by_hand(seeded):
 
 def test_a_point_no_method_reaches_is_left_out_of_the_markdown_but_not_the_csv(tmp_path):
     """The committed GRU runs (one L0 run, at 29 % of its dense FLOPs) reach none of 40/50/60/80 %."""
-    out = write_tables("ptb", MEASURED, tmp_path, scales=["small"])
+    out = write_table("ptb", MEASURED, tmp_path, scales=["small"])
     gru = equal_section(out["markdown"].read_text()).split("**small (2x200), GRU**")[1]
     assert "| 29.4 %: 1,457,512 (L0) |" in gru
     assert not any(f"| {f} %:" in gru for f in (40, 50, 60, 80))

@@ -6,7 +6,17 @@ import pytest
 from fixtures.run_dirs import L0_TEST_PPL, gate_history_lines, make_runs, result, speed_json, write_run
 
 from reproduce.report.plots import PLOT_METRIC, Styles, _points, latency_of, pareto_figure, write_plots
+from reproduce.report.rows import build_rows
 from reproduce.report.runs import flops_after, load_run_dirs, make_run, read_gate_history
+
+
+def rows_of(dataset, runs):
+    """The rows every renderer reads: the runs resolved once (no reported rows needed here)."""
+    return build_rows(dataset, runs, [])[0]
+
+
+def flops_x(run, row):
+    return flops_after(run)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -43,7 +53,7 @@ def runs_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(runs_dir):
-    return load_run_dirs(runs_dir)[0]
+    return rows_of("ptb", load_run_dirs(runs_dir)[0])
 
 
 def test_plots_are_written_as_png_images(runs, tmp_path):
@@ -58,7 +68,7 @@ def test_plots_are_written_as_png_images(runs, tmp_path):
 
 
 def test_one_front_per_label_and_every_run_drawn(runs):
-    panels = _points("ptb", runs, flops_after)
+    panels = _points("ptb", runs, flops_x)
     assert list(panels) == ["small (2x200)", "large (2x1500)"]
     small = panels["small (2x200)"]
     assert set(small) == {"dense", "L0", "L0 (fine-tuned)", "ISS group Lasso", "Lasso"}
@@ -88,7 +98,7 @@ def test_the_seeds_spread_is_drawn(runs):
     and each seed's own point; an experiment of one seed gets neither."""
     from matplotlib.container import ErrorbarContainer
 
-    panels = _points("ptb", runs, flops_after)
+    panels = _points("ptb", runs, flops_x)
     fig = pareto_figure("ptb", panels, Styles(runs), "FLOPs", "title", {})
     ax = fig.axes[0]
     (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]  # only L0 at 1e-7 has two seeds
@@ -108,15 +118,14 @@ def test_latency_is_one_dense_reference_over_each_paired_speedup(tmp_path):
     write_run(root, "dense", result("none", [200, 200], [200, 200], 117.0, 112.26), speed=speed_json(1.0, 1.0, 0.11))
     write_run(root, "a", result("l0", [200, 200], [80, 70], 125.0, 121.0, lam=1e-6), speed=speed_json(2.0, 2.0, 0.05))
     write_run(root, "b", result("l0", [200, 200], [80, 70], 126.0, 122.0, lam=2e-6), speed=speed_json(2.0, 2.0, 0.06))
-    runs, _ = load_run_dirs(root)
-    x = {run.name: latency_of("ptb", runs)(run) for run in runs}
+    rows = rows_of("ptb", load_run_dirs(root)[0])
+    x = {run.name: latency_of(rows)(run, row) for row in rows for run in row.runs}
     assert x == pytest.approx({"dense": 0.11, "a": 0.055, "b": 0.055})
 
 
 def test_latency_plot_is_skipped_with_a_note_when_nothing_was_measured(tmp_path, capsys):
     write_run(tmp_path / "runs", "dense", result("none", [200, 200], [200, 200], 117.0, 112.26))
-    runs, _ = load_run_dirs(tmp_path / "runs")
-    paths = write_plots("ptb", runs, tmp_path / "out")
+    paths = write_plots("ptb", rows_of("ptb", load_run_dirs(tmp_path / "runs")[0]), tmp_path / "out")
     assert [p.name for p in paths] == ["pareto_flops.png", "pareto_neurons.png"]
     assert "pareto_latency.png skipped: no run has a measured latency" in capsys.readouterr().err
 
@@ -131,7 +140,7 @@ def test_gate_history_keeps_the_last_line_per_step(tmp_path):
 
 def test_runs_from_wandb_make_no_gate_plots(tmp_path):
     run = make_run("from-wandb", result("l0", [200, 200], [112, 105], 122.0, 118.0, lam=1e-7))
-    paths = write_plots("ptb", [run], tmp_path)
+    paths = write_plots("ptb", rows_of("ptb", [run]), tmp_path)
     assert [p.name for p in paths] == ["pareto_flops.png", "pareto_neurons.png"]
 
 
@@ -139,6 +148,6 @@ def test_squad_plots_f1_against_flops_per_question(tmp_path):
     res = result("l0", [100], [60], 0, 0, dataset="squad")
     res["metrics"] = {"em": 60.0, "f1": 70.0}
     res["flops_per_question"] = res.pop("flops_per_token")
-    panels = _points("squad", [make_run("bidaf", res)], flops_after)
+    panels = _points("squad", rows_of("squad", [make_run("bidaf", res)]), flops_x)
     assert panels == {"BiDAF (hidden 100, paper scale)": {"L0": [[(120000.0, 70.0)]]}}  # one experiment, one seed
     assert PLOT_METRIC["squad"][2] is False  # higher F1 is better: the front keeps the highest

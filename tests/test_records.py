@@ -51,6 +51,19 @@ def test_every_reported_table_is_regenerated_from_its_records(name):
                           "rewrites them):\n" + "\n\n".join(problems))
 
 
+README_MAX_LINES = 200  # a landing page: the full results live in docs/RESULTS.md
+
+
+def test_the_readme_is_a_landing_page():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, (
+        f"README.md has {len(lines)} lines, more than the {README_MAX_LINES} a landing page holds: move "
+        "results into docs/RESULTS.md and keep a link (and, for a comparison, its --part verdict lines)")
+    # the comparison's verdict is generated, its table lives in RESULTS
+    args = [b.args for b in readme_blocks("\n".join(lines) + "\n")]
+    assert any(a.endswith("--part verdict") for a in args) and not any("--part equal-flops" in a for a in args)
+
+
 # ---- fake run dirs ------------------------------------------------------------------------------
 
 def full_run_dir(root, name, res, **kwargs):
@@ -232,17 +245,31 @@ def test_table_of_records_prints_what_the_readme_block_holds(records, tmp_path, 
     assert "| direct design | sizes of l0 |" in printed and "## small (2x200)" in printed
 
 
-def test_the_equal_flops_part_prints_what_its_block_holds_and_the_files_keep_everything(records, tmp_path, capsys):
+def printed_part(args: str, root, capsys) -> str:
+    """What `python -m reproduce table ARGS` prints, checked to be what a block of those ARGS holds."""
     capsys.readouterr()
-    args = "ptb --runs reproduce/measured/ptb_small --heading-level 3 --scale small --part equal-flops"
     assert main(["table", *args.split()]) == 0
     printed = capsys.readouterr().out
-    assert printed.strip() == render_block(args, tmp_path).strip()
+    assert printed.strip() == render_block(args, root).strip()
+    return printed
+
+
+def test_the_equal_flops_part_prints_what_its_block_holds_and_the_files_keep_everything(records, tmp_path, capsys):
+    printed = printed_part("ptb --runs reproduce/measured/ptb_small --heading-level 3 --scale small --part equal-flops",
+                           tmp_path, capsys)
     assert printed.startswith("### Test ppl at equal FLOPs/token") and "**small (2x200)**" in printed
     assert "| r1 |" not in printed and "Sources" not in printed  # the part alone: no rows, no commands
     assert "3 finished runs (the small scale) in `reproduce/measured/ptb_small`" in printed
     written = (records / "table.md").read_text()  # the file: the whole table, its rows and fronts included
     assert "| r1 |" in written and "Pareto fronts" in written and printed.strip().splitlines()[0] in written
+
+
+def test_the_verdict_part_is_the_comparisons_in_a_few_lines(records, tmp_path, capsys):
+    printed = printed_part("ptb --runs reproduce/measured/ptb_small --scale small --part verdict", tmp_path, capsys)
+    # L0 (117.8, one seed) against the direct design (116.1) at L0's own shape, 434,000 of 800,000 FLOPs
+    assert ("- L0 against direct design: **worse** at 54.2 % of dense FLOPs (by 1.70); does L0 dominate direct design "
+            "on the FLOPs front? **no**.") in printed and "| r1 |" not in printed
+    assert "one seed per row, untested" in printed
 
 
 def test_the_same_records_give_the_same_text_anywhere(records, tmp_path):

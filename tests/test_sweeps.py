@@ -346,10 +346,10 @@ def test_interrupted_sweep_reinvoked_runs_exactly_the_remaining_runs(tmp_path):
     assert not (sweep_dir / names[1] / RESULT_FILE).exists()
     first_result = (sweep_dir / names[0] / RESULT_FILE).stat().st_mtime_ns
     # after the crash, the sweep's table holds the finished run and none of the unfinished ones
-    from reproduce.report.tables import write_tables
+    from fixtures.run_dirs import write_table
 
-    table = write_tables("ptb", sweep_dir)
-    assert [row["runs"] for row in table["rows"]] == [[names[0]]]
+    table = write_table("ptb", sweep_dir)
+    assert [row.names for row in table["rows"]] == [[names[0]]]
     rows_text = "".join(line for line in table["markdown"].read_text().splitlines() if line.startswith("| r"))
     assert names[1] not in rows_text
     if (sweep_dir / names[1]).is_dir():  # it had started: listed as unfinished

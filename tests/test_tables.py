@@ -11,19 +11,18 @@ import types
 
 import pytest
 from conftest import REPO
-from fixtures.run_dirs import L0_TEST_PPL, make_runs, result, speed_json, write_run
+from fixtures.run_dirs import L0_TEST_PPL, make_runs, result, speed_json, write_run, write_table
 from fixtures.seed_records import SEED_TEST_PPL, records_with_seeds, seed1_test_ppl
 
 from lightning_modules.errors import UserError
 from reproduce.__main__ import main
 from reproduce.report.runs import group_runs, make_run, read_speed
-from reproduce.report.tables import write_tables
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     runs = make_runs(tmp_path_factory.mktemp("runs"))
-    out = write_tables("ptb", runs)
+    out = write_table("ptb", runs)
     return out, out["markdown"].read_text(), list(csv.DictReader(out["csv"].open()))
 
 
@@ -57,7 +56,7 @@ def test_reported_numbers_sit_under_the_matching_run(built):
     text_lines = md.splitlines()
     at = next(i for i, line in enumerate(text_lines) if line.startswith("| r1 |"))  # the fronts reuse r1
     assert text_lines[at + 1].startswith("| ↳ reported `tf_small`") and text_lines[at + 2].startswith("| r2 |")
-    by_row = {row["runs"][0]: [e["id"] for e in row["reported"]] for row in out["rows"]}
+    by_row = {row.names[0]: [e["id"] for e in row.reported] for row in out["rows"]}
     assert by_row == {"dense": ["tf_small"], "l0_s1": [], "lasso": [],
                       "iss_large": ["iss_large", "iss_large_failed_reproduction", "zhang_ou_iss"]}
     failed = cells(lines, "↳ reported `iss_large_failed_reproduction`")
@@ -113,17 +112,17 @@ def test_scale_keeps_one_scales_runs_and_reported_rows(tmp_path):
     """`--scale`: a records folder of one scale is not shown beside the other scales' reported rows
     as "not yet run" (the README's medium table said so of the small model, which another folder holds)."""
     runs = make_runs(tmp_path / "runs")
-    large = write_tables("ptb", runs, tmp_path / "large", scales=["large"])
+    large = write_table("ptb", runs, tmp_path / "large", scales=["large"])
     md = large["markdown"].read_text()
-    assert [row["runs"] for row in large["rows"]] == [["iss_large"]]
+    assert [row.names for row in large["rows"]] == [["iss_large"]]
     assert "(2x200)" not in md and "(2x650)" not in md and "## large (2x1500)" in md
     assert "finished run (the large scale) in" in md
     statuses = {(r["reported_id"], r["status"]) for r in csv.DictReader(large["csv"].open())}
     assert ("tf_large", "not yet run") in statuses and not any(i.startswith("tf_small") for i, _ in statuses)
     # a scale with no run in the folder: its reported rows only, each "not yet run", and nothing else
-    medium = write_tables("ptb", runs, tmp_path / "medium", scales=["medium"])
+    medium = write_table("ptb", runs, tmp_path / "medium", scales=["medium"])
     assert medium["rows"] == [] and medium["runs"] == []
-    assert {e["id"] for e in medium["not_run"]} == {"zaremba_medium", "tf_medium"}
+    assert {e.entry["id"] for e in medium["not_run"]} == {"zaremba_medium", "tf_medium"}
     # the command line: the same filter, and a bad scale is one line
     assert main(["table", "ptb", "--runs", str(runs), "--out", str(tmp_path / "cli"), "--scale", "large"]) == 0
     assert (tmp_path / "cli" / "table.md").read_text() == md
@@ -160,14 +159,70 @@ def test_read_speed_layouts(tmp_path):
     assert read_speed(tmp_path) is None and read_speed(None) is None
     (tmp_path / "speed.json").write_text(json.dumps({"speedup": {"torch": {"model": {"1": 2.0, "20": 3.0}}},
                                                      "latency": {"torch": {"model": {"1": {"pruned": 0.5}}}}}))
-    assert read_speed(tmp_path) == {"b1": 2.0, "b20": 3.0, "latency_b1_ms": 0.5, "dense_latency_b1_ms": None}
+    no_int8 = {"int8_test_ppl": None, "int8_b1": None, "int8_b20": None, "cpu": None}
+    assert read_speed(tmp_path) == {"b1": 2.0, "b20": 3.0, "latency_b1_ms": 0.5, "dense_latency_b1_ms": None,
+                                    **no_int8}
     (tmp_path / "speed.json").write_text(json.dumps(speed_json(2.0, 3.0, 0.5)))  # statistics blocks, as speed.py
-    assert read_speed(tmp_path) == {"b1": 2.0, "b20": 3.0, "latency_b1_ms": 0.5, "dense_latency_b1_ms": 1.0}
+    assert read_speed(tmp_path) == {"b1": 2.0, "b20": 3.0, "latency_b1_ms": 0.5, "dense_latency_b1_ms": 1.0,
+                                    **no_int8}
+    (tmp_path / "speed.json").write_text(json.dumps({**speed_json(2.0, 3.0, 0.5), **int8_block(113.5, 2.6, 3.1),
+                                                     "hardware": {"cpu": "AMD EPYC"}}))
+    assert read_speed(tmp_path) == {"b1": 2.0, "b20": 3.0, "latency_b1_ms": 0.5, "dense_latency_b1_ms": 1.0,
+                                    "int8_test_ppl": 113.5, "int8_b1": 2.6, "int8_b20": 3.1, "cpu": "AMD EPYC"}
     (tmp_path / "speed.json").write_text(json.dumps({"something": "else"}))
     assert read_speed(tmp_path) is None
     (tmp_path / "speed.json").write_text("{not json")
     with pytest.raises(UserError, match="speed.json: not readable JSON"):
         read_speed(tmp_path)
+
+
+def int8_block(test_ppl: float, b1: float, b20: float) -> dict:
+    """speed.json's int8 block as `python -m reproduce speed` writes it (issue 32's contract)."""
+    return {"int8": {"engine": "fbgemm", "test_ppl": {"torch": test_ppl, "onnxruntime": None}, "test_ppl_fp32": 113.1,
+                     "speedup": {"torch": {"model": {"1": b1, "20": b20}}},
+                     "dense_int8_speedup": {"torch": {"model": {"1": 1.4, "20": 1.5}}}}}
+
+
+def test_int8_columns_read_speed_jsons_int8_block_and_stay_empty_without_it(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "dense", result("none", [200, 200], [200, 200], 117.0, 112.26), speed=speed_json(1.0, 1.0, 0.1))
+    for seed, (ppl, b1, b20) in enumerate([(113.5, 2.6, 3.1), (114.5, 2.8, 3.3)], 1):
+        write_run(root, f"l0_s{seed}", result("l0", [200, 200], [68, 135], 118.0, 113.0, lam=1e-6, seed=seed),
+                  speed={**speed_json(1.6, 1.7, 0.06), **int8_block(ppl, b1, b20)})
+    write_run(root, "iss", result("group_lasso", [200, 200], [60, 115], 112.0, 108.0, lam=2e-4),
+              speed=speed_json(1.9, 1.7, 0.05))  # timed in fp32 only
+    out = write_table("ptb", root, tmp_path / "out")
+    md = out["markdown"].read_text()
+    assert "| speedup b1 / b20 | int8 test ppl | int8 speedup b1 / b20 |" in md
+    l0 = next(line for line in md.splitlines() if line.startswith("| r2 |"))
+    assert l0.endswith(f"| 114.00 ± {statistics.stdev([113.5, 114.5]):.2f} | 2.70x ± 0.14 / 3.20x ± 0.14 |"), l0
+    iss = next(line for line in md.splitlines() if line.startswith("| r3 |"))
+    assert iss.endswith("|  |  |"), iss  # not timed in int8: empty, never 0
+    lines = {r["runs"]: r for r in csv.DictReader(out["csv"].open())}
+    line = lines['["l0_s1", "l0_s2"]']
+    assert (float(line["int8_test_ppl_mean"]), float(line["int8_speedup_b1_mean"]),
+            float(line["int8_speedup_b20_mean"])) == (114.0, 2.7, 3.2)
+    assert lines['["iss"]']["int8_test_ppl_mean"] == lines['["iss"]']["int8_speedup_b1_mean"] == ""
+    # a table where no run was timed in int8 keeps its width: the columns are in table.csv only
+    (root / "l0_s1" / "speed.json").write_text(json.dumps(speed_json(1.6, 1.7, 0.06)))
+    (root / "l0_s2" / "speed.json").write_text(json.dumps(speed_json(1.6, 1.7, 0.06)))
+    md = write_table("ptb", root, tmp_path / "out2")["markdown"].read_text()
+    assert "int8 test ppl |" not in md and "No run was timed in int8" in md
+
+
+def test_table_csv_lists_each_runs_commit_and_cpu(tmp_path):
+    root = tmp_path / "runs"
+    for seed, hardware in ((1, "x86_64, 2 CPU cores, torch threads 1"),
+                           (2, "Intel(R) Xeon(R) Processor, 2 CPU cores, torch 2.13.0+cpu, 1 threads")):
+        res = {**result("l0", [200, 200], [68, 135], 118.0, 113.0, lam=1e-6, seed=seed), "hardware": hardware,
+               "git_commit": f"c{seed}"}
+        write_run(root, f"l0_s{seed}", res, speed={**speed_json(1.6, 1.7, 0.06), "hardware": {"cpu": "AMD EPYC"}})
+    out = write_table("ptb", root, tmp_path / "out")
+    (line,) = [r for r in csv.DictReader(out["csv"].open()) if r["status"] == "reproduced"]
+    assert json.loads(line["commits"]) == ["c1", "c2"]
+    # seed 1's result names no CPU model: the one its speed.json ran on, said to be that
+    assert json.loads(line["cpus"]) == ["AMD EPYC (speed.json's)", "Intel(R) Xeon(R) Processor"]
+    assert "may have run at different commits and on different CPU models" in out["markdown"].read_text()
 
 
 def test_cli_writes_tables_and_plots_into_the_profile_folder(tmp_path, capsys):
@@ -256,7 +311,7 @@ def test_wandb_project_gives_the_same_rows(tmp_path, monkeypatch, capsys):
 def test_wandb_failure_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "wandb", fake_wandb([], fail=True))
     with pytest.raises(UserError, match=r"--wandb team/proj: cannot list its runs \(Could not find project\)"):
-        write_tables("ptb", tmp_path, wandb_project="team/proj")
+        write_table("ptb", tmp_path, wandb_project="team/proj")
 
 
 def test_squad_rows_show_em_and_f1_against_bidaf(tmp_path):
@@ -264,17 +319,17 @@ def test_squad_rows_show_em_and_f1_against_bidaf(tmp_path):
     res["metrics"] = {"em": 66.5, "f1": 76.8}
     write_run(tmp_path, "bidaf_dense", res)
     write_run(tmp_path, "ptb_run", result("none", [200, 200], [200, 200], 117.0, 112.26))  # another dataset
-    out = write_tables("squad", tmp_path)
+    out = write_table("squad", tmp_path)
     md = out["markdown"].read_text()
     assert "| row | method | λ / target | seeds | hidden kept | input kept | params | FLOPs/question | EM | F1 |" in md
     seo = cells(md_lines(md), "↳ reported `bidaf_seo2017`")
     assert (seo["val"], seo["test"], seo["d_val"], seo["d_test"]) == ("67.70", "77.30", "-1.20", "-0.50")
-    assert [row["runs"] for row in out["rows"]] == [["bidaf_dense"]]
+    assert [row.names for row in out["rows"]] == [["bidaf_dense"]]
     # a smaller BiDAF (the smoke profile's hidden 32) is no counterpart of the paper-scale numbers
     small = result("none", [32], [32], 0, 0, dataset="squad")
     small["metrics"] = {"em": 3.0, "f1": 8.7}
     write_run(tmp_path / "smoke", "bidaf_smoke", small)
-    smoke_md = write_tables("squad", tmp_path / "smoke")["markdown"].read_text()
+    smoke_md = write_table("squad", tmp_path / "smoke")["markdown"].read_text()
     assert "| not yet run: reported `bidaf_seo2017`" in smoke_md and "| ↳ reported" not in smoke_md
     (line,) = [r for r in csv.DictReader(out["csv"].open()) if r["reported_id"] == "bidaf_seo2017"]
     assert float(line["diff_f1"]) == pytest.approx(-0.5) and line["em_mean"] == "66.5"
@@ -314,7 +369,7 @@ def labelled(tmp_path_factory):
 
 
 def test_rows_are_grouped_and_named_by_label(labelled, tmp_path):
-    out = write_tables("ptb", labelled, tmp_path)
+    out = write_table("ptb", labelled, tmp_path)
     lines = md_lines(out["markdown"].read_text())
     by_label = {cells(lines, f"r{i}")["method"]: cells(lines, f"r{i}") for i in range(1, 6)}
     # reading order: the reference, gates, the fine-tuned variant after its method, unstructured, the rest
@@ -337,22 +392,22 @@ def test_a_fine_tuned_variant_sits_under_its_own_method(tmp_path):
     write_run(root, "iss_ft", with_props(ft, **{**iss, "label": "ISS group Lasso (fine-tuned)"}, fine_tuned=True))
     mag = result("magnitude", [200, 200], [68, 135], 116.0, 112.0, target_neurons=[68, 135])
     write_run(root, "mag", with_props(mag, label="structured magnitude", zeroes_weights=True))
-    lines = md_lines(write_tables("ptb", root, tmp_path / "out")["markdown"].read_text())
+    lines = md_lines(write_table("ptb", root, tmp_path / "out")["markdown"].read_text())
     assert [cells(lines, f"r{i}")["method"] for i in range(1, 5)] == [
         "dense", "ISS group Lasso", "ISS group Lasso (fine-tuned)", "structured magnitude"]
 
 
 def test_direct_design_reads_its_source_from_the_same_folder(labelled, tmp_path):
-    out = write_tables("ptb", labelled, tmp_path)
+    out = write_table("ptb", labelled, tmp_path)
     md = out["markdown"].read_text()
     direct = cells(md_lines(md), "r5")
     assert (direct["method"], direct["lambda"]) == ("direct design", "sizes of l0")
     # in the 2x200 section (its source's size), measured, not the reference, and not the registry's
     # dense model of that scale: tf_small sits under the dense row only
     assert direct["speedup"] == "1.60x / 1.80x"
-    (row,) = [r for r in out["rows"] if r["label"] == "direct design"]
-    assert row["section"] == "small (2x200)" and row["reported"] == []
-    assert [e["id"] for r in out["rows"] if r["label"] == "dense" for e in r["reported"]] == ["tf_small"]
+    (row,) = [r for r in out["rows"] if r.label == "direct design"]
+    assert row.section == "small (2x200)" and row.reported == []
+    assert [e["id"] for r in out["rows"] if r.label == "dense" for e in r.reported] == ["tf_small"]
 
 
 def test_a_gru_lm_is_its_own_section_with_its_own_dense_reference(tmp_path):
@@ -368,18 +423,18 @@ def test_a_gru_lm_is_its_own_section_with_its_own_dense_reference(tmp_path):
                                             label="dense"), speed=speed_json(1.0, 1.0, 0.07))
     write_run(root, "gru_l0", with_props(result("l0", [200, 200], [150, 140], 126.0, 121.0, lam=1e-6, cell="gru"),
                                          label="L0", gated=True), speed=speed_json(1.3, 1.4, 0.05))
-    out = write_tables("ptb", root, tmp_path / "out")
-    sections = {row["runs"][0]: row["section"] for row in out["rows"]}
+    out = write_table("ptb", root, tmp_path / "out")
+    sections = {row.names[0]: row.section for row in out["rows"]}
     assert sections == {"dense": "small (2x200)", "l0": "small (2x200)",
                         "gru_dense": "small (2x200), GRU", "gru_l0": "small (2x200), GRU"}
-    reported = {row["runs"][0]: [e["id"] for e in row["reported"]] for row in out["rows"]}
+    reported = {row.names[0]: [e["id"] for e in row.reported] for row in out["rows"]}
     assert reported["dense"] == ["tf_small"] and reported["gru_dense"] == [] == reported["gru_l0"]
     md = out["markdown"].read_text()
     assert md.index("## small (2x200)\n") < md.index("## small (2x200), GRU\n")
 
 
 def test_unstructured_and_reference_come_from_properties(labelled, tmp_path):
-    md = write_tables("ptb", labelled, tmp_path)["markdown"].read_text()
+    md = write_table("ptb", labelled, tmp_path)["markdown"].read_text()
     lines = md_lines(md)
     assert cells(lines, "r4")["speedup"] == "1.00x / 1.00x (n2)"  # speed.json said 0.98x: no neuron removed
     assert "n2: unstructured sparsity (50% of the LSTM weights zero but no neuron removed)" in md
@@ -389,8 +444,8 @@ def test_unstructured_and_reference_come_from_properties(labelled, tmp_path):
 
 def test_new_results_are_read_without_torch(labelled, tmp_path):
     """method_properties is recorded: reading and rendering must not pull torch in to compute it."""
-    code = ("import sys; from reproduce.report.tables import write_tables; "
-            f"write_tables('ptb', {str(labelled)!r}, {str(tmp_path)!r}); "
+    code = ("import io, sys; from reproduce.report.report import write_report; "
+            f"write_report('ptb', {str(labelled)!r}, {str(tmp_path)!r}, echo=io.StringIO()); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -398,15 +453,15 @@ def test_new_results_are_read_without_torch(labelled, tmp_path):
 
 def test_markdown_names_the_folder_as_given_and_nothing_machine_specific(labelled, tmp_path):
     copy = shutil.copytree(labelled, tmp_path / "elsewhere" / "records")
-    first = write_tables("ptb", labelled, tmp_path / "a", where="reproduce/measured/x")["markdown"].read_text()
-    second = write_tables("ptb", copy, tmp_path / "b", where="reproduce/measured/x")["markdown"].read_text()
+    first = write_table("ptb", labelled, tmp_path / "a", where="reproduce/measured/x")["markdown"].read_text()
+    second = write_table("ptb", copy, tmp_path / "b", where="reproduce/measured/x")["markdown"].read_text()
     assert first == second
     assert str(tmp_path) not in first and str(labelled) not in first
     assert "5 finished runs in `reproduce/measured/x`" in first
 
 
 def test_heading_level_moves_every_heading(labelled, tmp_path):
-    md = write_tables("ptb", labelled, tmp_path, heading_level=3)["markdown"].read_text()
+    md = write_table("ptb", labelled, tmp_path, heading_level=3)["markdown"].read_text()
     headings = [line.split(" ")[0] for line in md.splitlines() if line.startswith("#")]
     assert headings[0] == "###" and set(headings) == {"###", "####", "#####"}
     assert "#### small (2x200)" in md and "##### Commands" in md
@@ -418,7 +473,7 @@ def test_gpu_runs_are_labelled_and_every_row_says_what_it_trained_on(tmp_path):
                               "hardware": "AMD EPYC, 2 CPU cores, torch 2.13.0+cpu, 1 threads"})
     write_run(runs, "l0", {**with_props(result("l0", [200, 200], [112, 105], 122.0, 118.0, lam=1e-7), label="L0",
                                         gated=True), "hardware": "NVIDIA H200 (CUDA)"})
-    out = write_tables("ptb", runs, tmp_path / "out")
+    out = write_table("ptb", runs, tmp_path / "out")
     md = out["markdown"].read_text()
     lines = md_lines(md)
     assert cells(lines, "r1")["method"] == "dense" and cells(lines, "r2")["method"] == "L0 (GPU)"
@@ -471,7 +526,7 @@ def test_seeds_group_across_code_versions_and_source_paths():
 @pytest.fixture(scope="module")
 def seeded_table(tmp_path_factory):
     runs = records_with_seeds(tmp_path_factory.mktemp("records"))
-    out = write_tables("ptb", runs, tmp_path_factory.mktemp("out"), where="reproduce/measured/ptb_small")
+    out = write_table("ptb", runs, tmp_path_factory.mktemp("out"), where="reproduce/measured/ptb_small")
     return out["markdown"].read_text(), list(csv.DictReader(out["csv"].open()))
 
 
@@ -509,3 +564,18 @@ def test_settings_left_out_of_an_experiment_are_the_models_own():
                 for name in inspect.signature(task.__init__).parameters}
     assert set(GATE_SETTINGS) | set(NOT_THE_EXPERIMENT) <= settings
     assert all(name.startswith(("gate", "log_alpha", "inner_input_gates")) for name in GATE_SETTINGS)
+
+
+def test_the_renderers_only_format():
+    """The runs are resolved once (rows.py) and the statistics computed once (comparisons.py): the
+    renderers call none of runs.py's scale, section or grouping functions, nor fronts.py's tests."""
+    import ast
+
+    resolved_elsewhere = {"scale_and_section", "size_scale", "group_runs", "is_reference", "method_rank",
+                          "experiment_key", "compare", "relations", "coverage", "pooled_noise", "front_value"}
+    for name in ("tables.py", "plots.py"):
+        tree = ast.parse((REPO / "reproduce" / "report" / name).read_text())
+        imported = {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for a in node.names}
+        assert not imported & resolved_elsewhere, (name, imported & resolved_elsewhere)
+    # a formatter that grows past this is computing again (issue 31: 768 lines before)
+    assert len((REPO / "reproduce" / "report" / "tables.py").read_text().splitlines()) <= 450

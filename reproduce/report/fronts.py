@@ -8,10 +8,10 @@ and is strictly better in at least one of the two. Equal points do not dominate 
 
 Rows of several seeds are compared with a test rather than on their means alone
 (`relation`): row A dominates row B when A costs no more and its metric is better by more than
-the seeds' noise (Welch's t-test, two-sided p < ALPHA). Where a row has one seed it has no
-variance of its own, so the noise is taken from the rows beside it that have seeds (`Noise`:
-their pooled sample std) and the test is Student's t with that std. Where no row has two
-seeds there is nothing to test with: such rows are compared on their numbers and the answer
+the seeds' noise (Welch's t-test, two-sided p < ALPHA, where both have three seeds or more). Where
+a row has fewer seeds its own variance says little or nothing, so the noise is taken from the rows
+beside it that have seeds (`Noise`: their pooled sample std) and the test is Student's t with that
+std. Where no row has two seeds there is nothing to test with: such rows are compared on their numbers and the answer
 says so.
 """
 
@@ -34,6 +34,7 @@ FRONT_METRIC = {"ptb": ("test_ppl", True), "squad": ("f1", False)}
 ALPHA = 0.05  # two-sided significance level of every test below
 WELCH, POOLED = "Welch t", "pooled t"
 DOMINATES, WITHIN_NOISE, NOT_DOMINATED = "dominates", "within noise", "no"
+WELCH_MIN_SEEDS = 3  # seeds each side needs for its own variance in a test (compare says why)
 
 
 def better_or_equal(a: float, b: float, lower_is_better: bool) -> bool:
@@ -142,13 +143,17 @@ def _p_value(diff: float, se: float, df: float) -> float:
 
 
 def compare(a: Sequence[float], b: Sequence[float], noise: Noise | None) -> Comparison:
-    """Welch's t-test where both samples have two or more values (each its own variance, the
-    Welch-Satterthwaite degrees of freedom); otherwise Student's t with the pooled `noise` as
-    both samples' std; untested where a sample has one value and there is no noise estimate."""
+    """Welch's t-test where both samples have WELCH_MIN_SEEDS values or more (each its own variance,
+    the Welch-Satterthwaite degrees of freedom); otherwise Student's t with the pooled `noise` as
+    both samples' std; untested where a sample has one value and there is no noise estimate.
+
+    Two seeds give a variance of one degree of freedom: two seeds that happen to agree (0.02 apart)
+    would make any gap significant. With fewer than three on a side the pooled std, from every row
+    with seeds, stands in for it (Welch's t where there is no pooled std at all)."""
     if not a or not b:
         raise ValueError("compare needs at least one value on each side")
     diff = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) >= 2 and len(b) >= 2:
+    if len(a) >= 2 and len(b) >= 2 and (noise is None or min(len(a), len(b)) >= WELCH_MIN_SEEDS):
         va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
         if va + vb == 0:
             return Comparison(diff, _p_value(diff, 0.0, 1), WELCH)

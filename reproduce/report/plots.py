@@ -1,4 +1,4 @@
-"""Plots of a set of runs (matplotlib PNG, Agg), rendered from the records of reproduce/report/runs.py.
+"""Plots of a set of runs (matplotlib PNG, Agg), rendered from the rows of reproduce/report/rows.py.
 
 - pareto_flops.png: test perplexity (SQuAD: F1) against the FLOPs per token (per question) of
   the pruned model, one front per method label, one panel per model scale.
@@ -29,16 +29,8 @@ from lightning_modules.atomic import atomic_write_bytes
 from lightning_modules.run_dir import RESULT_FILE, SPEED_FILE
 
 from .fronts import FRONT_METRIC, pareto_front
-from .runs import (
-    Run,
-    flops_after,
-    flops_before,
-    gate_history,
-    group_runs,
-    is_reference,
-    method_rank,
-    scale_and_section,
-)
+from .rows import Row
+from .runs import Run, flops_after, flops_before, gate_history
 
 # metric, axis label, lower is better
 _YLABEL = {"ptb": "test perplexity (per word)", "squad": "F1 on SQuAD dev (%)"}
@@ -67,15 +59,15 @@ def _save(fig, path: Path) -> Path:
 
 class Styles:
     """One colour and marker per method label, the same in every plot of one output folder; labels
-    in reading order (runs.method_rank). A fine-tuned label's front is dashed."""
+    in reading order (the rows' method rank). A fine-tuned label's front is dashed."""
 
-    def __init__(self, runs: list[Run]) -> None:
-        first: dict[str, Run] = {}
-        for run in sorted(runs, key=method_rank):
-            first.setdefault(run.label, run)
+    def __init__(self, rows: list[Row]) -> None:
+        first: dict[str, Row] = {}
+        for row in sorted(rows, key=lambda r: r.rank):
+            first.setdefault(row.label, row)
         self.order = list(first)
-        self.reference = {label for label, run in first.items() if is_reference(run)}
-        self.fine_tuned = {label for label, run in first.items() if run.properties.get("fine_tuned")}
+        self.reference = {label for label, row in first.items() if row.reference}
+        self.fine_tuned = {label for label, row in first.items() if row.fine_tuned}
 
     def of(self, label: str) -> tuple[str, str, str]:
         i = self.order.index(label)
@@ -86,23 +78,22 @@ Point = tuple[float, float]
 Panels = dict[str, dict[str, list[list[Point]]]]
 
 
-def _points(dataset: str, runs: list[Run], x_of: Callable[[Run], float | None]) -> Panels:
+def _points(dataset: str, rows: list[Row], x_of: Callable[[Run, Row], float | None]) -> Panels:
     """{section: {label: [[(x, metric) of each seed], ...]}}: per label one list per experiment
-    (runs.group_runs), one point per run that has both values."""
+    (a row), one point per run that has both values."""
     metric = PLOT_METRIC[dataset][0]
     panels: dict[str, dict[str, list]] = {}
     sizes = {}
-    for group in group_runs(runs):
+    for row in rows:
         seeds = []
-        for run in group:
-            x, y = x_of(run), (run.result.get("metrics") or {}).get(metric)
+        for run in row.runs:
+            x, y = x_of(run, row), (run.result.get("metrics") or {}).get(metric)
             if isinstance(x, (int, float)) and isinstance(y, (int, float)):
                 seeds.append((float(x), float(y)))
         if not seeds:
             continue
-        _, section, size = scale_and_section(dataset, group[0])
-        sizes[section] = size
-        panels.setdefault(section, {}).setdefault(group[0].label, []).append(seeds)
+        sizes[row.section] = row.size
+        panels.setdefault(row.section, {}).setdefault(row.label, []).append(seeds)
     return {s: panels[s] for s in sorted(panels, key=lambda s: (sizes[s], s))}
 
 
@@ -134,24 +125,25 @@ def _log_scale_if_wide(ax, which: str, values: list[float]) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _by_section(dataset: str, runs: list[Run], value: Callable[[Run], float | None]) -> dict[str, list[float]]:
+def _by_section(rows: list[Row], value: Callable[[Run], float | None]) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {}
-    for run in runs:
-        v = value(run)
-        if isinstance(v, (int, float)):
-            found.setdefault(scale_and_section(dataset, run)[1], []).append(float(v))
+    for row in rows:
+        for run in row.runs:
+            v = value(run)
+            if isinstance(v, (int, float)):
+                found.setdefault(row.section, []).append(float(v))
     return found
 
 
-def _unpruned_neurons(dataset: str, runs: list[Run]) -> dict[str, tuple[float, str]]:
+def _unpruned_neurons(rows: list[Row]) -> dict[str, tuple[float, str]]:
     """{section: (hidden neurons of the unpruned model, label)}, the right end of the neurons axis."""
-    found = _by_section(dataset, runs, lambda r: sum(r.original_hidden) if r.original_hidden else None)
+    found = _by_section(rows, lambda r: sum(r.original_hidden) if r.original_hidden else None)
     return {s: (max(v), f"unpruned ({max(v):.0f} neurons)") for s, v in found.items()}
 
 
-def _unpruned_flops(dataset: str, runs: list[Run]) -> dict[str, tuple[float, str]]:
+def _unpruned_flops(rows: list[Row]) -> dict[str, tuple[float, str]]:
     # the largest model of a section is the unpruned one (a direct design starts small)
-    found = _by_section(dataset, runs, flops_before)
+    found = _by_section(rows, flops_before)
     return {s: (max(v), f"unpruned ({_si(max(v))})") for s, v in found.items()}
 
 
@@ -163,10 +155,10 @@ def _si(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _dense_latency(dataset: str, runs: list[Run]) -> dict[str, tuple[float, str]]:
+def _dense_latency(rows: list[Row]) -> dict[str, tuple[float, str]]:
     """{section: (median latency of the dense model, label)}: every speed.json times the dense model
     beside the pruned one, so the dense reference exists even without a speed.json of its own."""
-    found = _by_section(dataset, runs, lambda r: (r.speed or {}).get("dense_latency_b1_ms"))
+    found = _by_section(rows, lambda r: (r.speed or {}).get("dense_latency_b1_ms"))
     return {s: (statistics.median(v), f"dense model ({statistics.median(v):.3g} ms)") for s, v in found.items()}
 
 
@@ -222,7 +214,7 @@ def pareto_figure(dataset: str, panels: Panels, styles: Styles, xlabel: str, tit
     return fig
 
 
-def _hidden_kept_total(run: Run) -> int | None:
+def _hidden_kept_total(run: Run, row: Row | None = None) -> int | None:
     hidden = (run.result.get("neurons_kept") or {}).get("hidden")
     return sum(hidden) if isinstance(hidden, list) and hidden else None
 
@@ -280,17 +272,17 @@ def _safe_name(name: str) -> str:
 
 # ---- entry point ---------------------------------------------------------------------------------
 
-def latency_of(dataset: str, runs: list[Run],
-               dense_ms: dict[str, tuple[float, str]] | None = None) -> Callable[[Run], float | None]:
+def latency_of(rows: list[Row], dense_ms: dict[str, tuple[float, str]] | None = None
+               ) -> Callable[[Run, Row], float | None]:
     """A run's batch-1 time for the latency plot: one dense reference per scale (the median of
     the dense times every speed.json holds; `dense_ms` if the caller has it) divided by the run's
     paired speedup, rather than each run's own absolute time. Separate speed runs drift by ~10 %
     in absolute terms, the back-to-back ratios do not, and the tables' fronts use the same ratios."""
-    dense_ms = _dense_latency(dataset, runs) if dense_ms is None else dense_ms
+    dense_ms = _dense_latency(rows) if dense_ms is None else dense_ms
 
-    def latency(run: Run) -> float | None:
-        dense = dense_ms.get(scale_and_section(dataset, run)[1], (None,))[0]
-        b1 = 1.0 if is_reference(run) else (run.speed or {}).get("b1")
+    def latency(run: Run, row: Row) -> float | None:
+        dense = dense_ms.get(row.section, (None,))[0]
+        b1 = 1.0 if row.reference else (run.speed or {}).get("b1")
         if dense and isinstance(b1, (int, float)) and b1 > 0:
             return dense / b1
         return (run.speed or {}).get("latency_b1_ms")
@@ -298,34 +290,34 @@ def latency_of(dataset: str, runs: list[Run],
     return latency
 
 
-def write_plots(dataset: str, runs: list[Run], out_dir: Path) -> list[Path]:
-    """Write the Pareto plots and the gate plots of `runs` into out_dir; returns the files written."""
+def write_plots(dataset: str, rows: list[Row], out_dir: Path) -> list[Path]:
+    """Write the Pareto plots and the gate plots of the rows' runs into out_dir; returns the files written."""
     out_dir = Path(out_dir)
-    styles = Styles(runs)
+    styles = Styles(rows)
     flops = "FLOPs per question" if dataset == "squad" else "FLOPs per token"
-    dense_ms = _dense_latency(dataset, runs)
-    latency = latency_of(dataset, runs, dense_ms)
+    dense_ms = _dense_latency(rows)
+    latency = latency_of(rows, dense_ms)
 
     plots = [  # file, x of a run, x label, title, reference line, what is missing when no run has x, FLOPs
-        ("pareto_flops.png", flops_after, f"{flops} after pruning",
-         f"Accuracy against {flops}: each method's Pareto front", _unpruned_flops(dataset, runs),
+        ("pareto_flops.png", lambda run, row: flops_after(run), f"{flops} after pruning",
+         f"Accuracy against {flops}: each method's Pareto front", _unpruned_flops(rows),
          f"no run has flops_per_token in {RESULT_FILE}", True),
         ("pareto_latency.png", latency, "latency, ms per time step (batch 1, PyTorch; dense / measured speedup)",
          "Accuracy against measured latency: each method's Pareto front", dense_ms,
          f"no run has a measured latency ({SPEED_FILE}; run python -m reproduce speed first)", False),
         ("pareto_neurons.png", _hidden_kept_total, "hidden neurons kept (sum over layers)",
-         "Accuracy against model size: each method's Pareto front", _unpruned_neurons(dataset, runs),
+         "Accuracy against model size: each method's Pareto front", _unpruned_neurons(rows),
          f"no run has neurons_kept in {RESULT_FILE}", False),
     ]
     written = []
     for name, x_of, xlabel, title, reference, missing, engineering_x in plots:
-        panels = _points(dataset, runs, x_of)
+        panels = _points(dataset, rows, x_of)
         if panels:
             fig = pareto_figure(dataset, panels, styles, xlabel, title, reference, engineering_x)
             written.append(_save(fig, out_dir / name))
         else:
             print(f"{name} skipped: {missing}", file=sys.stderr)
-    for run in runs:
+    for run in (run for row in rows for run in row.runs):
         history = gate_history(run)
         if history:
             written.append(gate_plot(run, history, out_dir / f"gate_open_{_safe_name(run.name)}.png"))

@@ -36,8 +36,10 @@ from lightning_modules.atomic import atomic_replace_dir, atomic_write_text
 from lightning_modules.errors import UserError
 from lightning_modules.run_dir import RECORD_FILES, RESULT_FILE, is_finished
 
+from .comparisons import build_report
+from .rows import check_dataset, check_scales
 from .runs import collect_runs, display_path, read_result, run_dirs, source_run_name
-from .tables import PARTS, build_table, check_dataset, check_scales
+from .tables import PARTS, render_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MEASURED_DIR = REPO_ROOT / "reproduce" / "measured"
@@ -223,8 +225,9 @@ def render_block(args: str, root: Path) -> str:
     README's folder): the same reader and renderer, the folder named as the block names it."""
     block = parse_block_args(args)
     found, unfinished = collect_runs(block.dataset, Path(root) / block.runs)
-    return build_table(block.dataset, found, unfinished, block.runs, heading_level=block.heading_level,
-                       scales=block.scales, part=block.part)["text"]
+    report = build_report(block.dataset, found, unfinished, block.runs, heading_level=block.heading_level,
+                          scales=block.scales)
+    return render_markdown(report, block.part)
 
 
 def block_text(args: str, markdown: str) -> str:

@@ -293,7 +293,9 @@ def read_speed(run_dir: Path | None) -> dict | None:
 
     The only reader of speed.json's layout: speedup = dense time / pruned time of the whole model
     in PyTorch eager on the CPU; latency = median ms per time step at batch 1 of the pruned model
-    and of the dense model it was timed against.
+    and of the dense model it was timed against; cpu = the CPU model it was measured on. Where the
+    pruned model was also timed in int8 (speed.json["int8"]): its test perplexity in PyTorch and its
+    speedup = dense fp32 time / pruned int8 time, whole model, batch 1 and 20.
     """
     if run_dir is None or not (Path(run_dir) / SPEED_FILE).is_file():
         return None
@@ -316,8 +318,14 @@ def read_speed(run_dir: Path | None) -> dict | None:
     speed = {"b1": lookup("speedup", "torch", "model", "1"),
              "b20": lookup("speedup", "torch", "model", "20"),
              "latency_b1_ms": lookup("latency", "torch", "model", "1", "pruned"),
-             "dense_latency_b1_ms": lookup("latency", "torch", "model", "1", "dense")}
-    return speed if any(v is not None for v in speed.values()) else None
+             "dense_latency_b1_ms": lookup("latency", "torch", "model", "1", "dense"),
+             "int8_test_ppl": lookup("int8", "test_ppl", "torch"),
+             "int8_b1": lookup("int8", "speedup", "torch", "model", "1"),
+             "int8_b20": lookup("int8", "speedup", "torch", "model", "20")}
+    if not any(v is not None for v in speed.values()):
+        return None
+    cpu = (data.get("hardware") or {}).get("cpu") if isinstance(data.get("hardware"), dict) else None
+    return {**speed, "cpu": cpu if isinstance(cpu, str) else None}
 
 
 def read_gate_history(path: Path) -> list[dict]:

@@ -21,8 +21,9 @@ from lightning_modules.errors import UserError
 
 from .records import update_readme
 from .report import write_report
+from .rows import check_dataset
 from .runs import display_path, profile_folder
-from .tables import PARTS, check_dataset
+from .tables import PARTS
 
 
 def add_arguments(parser) -> None:
@@ -46,7 +47,8 @@ def add_arguments(parser) -> None:
                         "repeatable), e.g. a records folder of medium runs shown without the small model's "
                         "reported rows as 'not yet run'")
     parser.add_argument("--part", default="all", choices=PARTS,
-                        help="what to print: the whole table (default) or only the metric at equal FLOPs; "
+                        help="what to print: the whole table (default), only the metric at equal FLOPs, or only "
+                        "the verdict lines read from its comparisons; "
                         "the files written always hold everything")
     parser.add_argument("--update-readme", nargs="?", const=" ".join(DOCUMENTS_WITH_TABLES), default=None,
                         metavar="FILE", help="rewrite the table blocks of FILE (default: README.md and "
