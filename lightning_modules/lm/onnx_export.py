@@ -179,18 +179,10 @@ def export_onnx(model: LSTMLanguageModel, out_dir: str | Path, seq_len: int,
               "max_abs_diff": {}}
     for name, (module, make_input, input_name, output_name, batch_axis) in parts.items():
         path = out_dir / f"{name}.onnx"
-        # written and checked under a temporary name, then renamed: no reader sees half a file or a wrong one
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
+        with _checked_file(path, check_batches) as (tmp, agreement):
             _export_one(module.eval(), make_input(EXAMPLE_BATCH), tmp, input_name, output_name, batch_axis)
             session = ort_session(tmp, threads=1)
-            worst = max(max_abs_difference(session, module, make_input(b)) for b in check_batches)
-            if not worst <= TOLERANCE:
-                raise RuntimeError(f"{path}: ONNX Runtime differs from torch by {worst:.3g} (> {TOLERANCE}) at "
-                                   f"batch sizes {list(check_batches)}; the ONNX export of this model is wrong")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+            worst = agreement(max(max_abs_difference(session, module, make_input(b)) for b in check_batches))
         result[name] = str(path)
         result["max_abs_diff"][name] = worst
     return result
@@ -215,9 +207,8 @@ def export_onnx_with_state(model: LSTMLanguageModel, out_dir: str | Path, seq_le
 
     module = LogitsWithState(model).eval()
     path = out_dir / "model_with_state.onnx"
-    tmp = path.with_name(f".{path.name}.tmp")
     batch = torch.export.Dim("batch")
-    try:
+    with _checked_file(path, check_batches) as (tmp, agreement):
         with _exporter_noise_silenced():
             torch.onnx.export(module, example(EXAMPLE_BATCH), str(tmp), dynamo=True, verbose=False,
                               input_names=inputs, output_names=outputs,
@@ -232,13 +223,27 @@ def export_onnx_with_state(model: LSTMLanguageModel, out_dir: str | Path, seq_le
                 expected = module(*args)
             got = session.run(None, {name: a.numpy() for name, a in zip(inputs, args)})
             worst = max(worst, *(float(abs(g - e.numpy()).max()) for g, e in zip(got, expected)))
+        agreement(worst)
+    return path
+
+
+@contextlib.contextmanager
+def _checked_file(path: Path, check_batches: tuple[int, ...]):
+    """An ONNX file written and checked under a temporary name, then renamed: no reader sees half a file or
+    a wrong one. Yields (the temporary path, `agreement(worst)`: RuntimeError above TOLERANCE, else worst)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+
+    def agreement(worst: float) -> float:
         if not worst <= TOLERANCE:
             raise RuntimeError(f"{path}: ONNX Runtime differs from torch by {worst:.3g} (> {TOLERANCE}) at "
                                f"batch sizes {list(check_batches)}; the ONNX export of this model is wrong")
+        return worst
+
+    try:
+        yield tmp, agreement
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 class OnnxRuntimeLanguageModel(nn.Module):
