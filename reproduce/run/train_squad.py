@@ -83,6 +83,9 @@ def train(args: list[str] | None = None) -> dict:
     quiet_known_warnings()
     # eval batches carry the question ids and contexts (lists) for decoding; Lightning cannot size them
     warnings.filterwarnings("ignore", message=r".*Trying to infer the `batch_size`")
+    # DDP: the epoch-level values logged are already the same in every process (EM/F1 and the mean
+    # loss synced by torchmetrics, the sizes computed from the synced weights)
+    warnings.filterwarnings("ignore", message=r".*It is recommended to use `self.log\('.*', \.\.\., sync_dist=True\)`")
     cli = build_cli(args)
     cfg, trainer, model, data = cli.config, cli.trainer, cli.model, cli.datamodule
     run_dir = fit_resumable(cli)
