@@ -69,3 +69,15 @@ def test_two_processes_train_and_evaluate_as_one_with_the_same_global_batch(tmp_
     assert results["ddp"]["evaluation"]["questions"] == len(predictions["ddp"]) == 21
     assert predictions["ddp"] == predictions["one"]
     assert results["ddp"]["metrics"] == pytest.approx(results["one"]["metrics"], abs=1e-4)
+
+
+def test_the_language_model_refuses_several_processes_in_one_line(tmp_path, capsys):
+    from reproduce.train import main as lm_main
+
+    code = lm_main(["--config", str(REPO / "reproduce" / "configs" / "ptb_smoke_l0.yaml"), "--run_dir",
+                    str(tmp_path / "run"), "--wandb=disabled", "--trainer.accelerator=cpu", "--trainer.devices=2",
+                    "--trainer.strategy=ddp"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: the language model trains in one process, not 2")
+    assert not (tmp_path / "run" / "result.json").exists()

@@ -52,6 +52,9 @@ def train(args: list[str] | None = None, callbacks: tuple = (), extra_result: di
     warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
     cli = build_cli(args, callbacks)
     cfg, trainer, model, data = cli.config, cli.trainer, cli.model, cli.datamodule
+    if trainer.world_size > 1:  # each process would read the whole stream: not one run with the same batch
+        raise UserError(f"the language model trains in one process, not {trainer.world_size} (--trainer.devices / "
+                        "--trainer.num_nodes); set --trainer.devices=1 and run several configs side by side instead")
     run_dir = fit_resumable(cli)
     val = trainer.validate(model, datamodule=data, verbose=False)[0]
     test = trainer.test(model, datamodule=data, verbose=False)[0]
