@@ -239,3 +239,18 @@ def test_bad_input_ends_in_one_clear_line(tmp_path, capsys, case):
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last, err
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+@pytest.mark.slow
+def test_a_run_on_random_word_vectors_says_so_above_its_table(finished_runs, tmp_path):
+    from reproduce.report.tables import write_tables
+    from reproduce.run.train_squad import RANDOM_VECTORS_NOTE
+
+    result = json.loads((finished_runs["dense"] / "result.json").read_text())
+    assert result["evaluation"]["random_word_vectors"] and RANDOM_VECTORS_NOTE in result["evaluation"]["note"]
+    # as a paper-scale run would have it: the SQuAD train split, only the vectors random
+    result["evaluation"].update(train_on_dev=False, note=RANDOM_VECTORS_NOTE)
+    (tmp_path / "runs" / "dense").mkdir(parents=True)
+    (tmp_path / "runs" / "dense" / "result.json").write_text(json.dumps(result))
+    md = write_tables("squad", tmp_path / "runs", tmp_path / "tables")["markdown"].read_text()
+    assert f"**NOTE: {RANDOM_VECTORS_NOTE}.**" in md
