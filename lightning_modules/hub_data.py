@@ -114,6 +114,16 @@ def download(spec: PinnedFile, cache_dir: str | Path | None = None) -> Path:
     return verified(Path(path), spec)
 
 
+def blob_entry(path: Path) -> Path:
+    """The repo's `blobs/<etag>` entry that a snapshot file links to (a plain file: itself).
+
+    One link only: the entry may itself link on into the cache-wide store of Xet files, which
+    names its files by their Xet hash, not by the sha256 the etag is."""
+    if not path.is_symlink():
+        return path
+    return Path(os.path.normpath(path.parent / os.readlink(path)))
+
+
 def _record_path(blob: Path) -> Path:
     return blob.with_name(blob.name + VERIFIED_SUFFIX)
 
@@ -143,7 +153,7 @@ def file_digest(path: Path, algorithm: str, progress: str | None = None) -> str:
 def verified(path: Path, spec: PinnedFile, shown_as: str | None = None) -> Path:
     """`path` (a file of the Hub cache, or a user's own copy of the same file) after its size and
     hash check; a UserError if it fails. A file with nothing to check against is returned as is."""
-    blob = Path(os.path.realpath(path))
+    blob = blob_entry(Path(path))
     expected = _expected(blob, spec)
     stat = blob.stat()
     record = _record_path(blob)

@@ -211,3 +211,15 @@ def test_a_paper_config_run_without_the_files_is_one_line_and_leaves_no_result(t
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: ") and "python -m reproduce fetch squad" in err
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_a_blob_kept_in_the_shared_xet_store_is_checked_by_its_etag_not_the_store_name(hub, tmp_path):
+    """huggingface_hub may keep a Xet file once per cache, at blobs/<2 hex>/<xet hash>, with the
+    repo's blobs/<etag> a link to it: the sha256 to check is the etag's, not the store's name."""
+    cache, blobs = hub
+    store = cache / "blobs" / "ab" / ("ab" + "0" * 62)
+    store.parent.mkdir(parents=True)
+    blobs["train"].rename(store)
+    blobs["train"].symlink_to(os.path.relpath(store, blobs["train"].parent))
+    _module(cache, tmp_path).setup()
+    assert Path(f"{blobs['train']}.verified").is_file()
