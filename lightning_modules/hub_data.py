@@ -37,8 +37,9 @@ class PinnedFile:
     repo_type: str  # "dataset" or "model", as hf_hub_download takes it
     filename: str
     revision: str  # a commit of the repo
-    option: str  # the option that overrides the revision, named in the errors
+    option: str  # the run's option that overrides the revision, named in the errors
     fetch_command: str  # what fetches it, named in the errors
+    fetch_option: str  # the fetch command's option for the revision
     size: int | None = None  # None: not known beyond the Hub's LFS object id
     digest: tuple[str, str] | None = None  # (hashlib algorithm, hex); None: the LFS object id (sha256)
 
@@ -80,7 +81,8 @@ def cached(spec: PinnedFile, cache_dir: str | Path | None = None) -> Path:
     if snapshots and spec.revision not in snapshots:
         raise UserError(f"revision {spec.revision} of {spec.repo_id} is not in the Hugging Face cache {repo} (it "
                         f"holds {', '.join(s[:12] for s in snapshots)}); fetch it on a machine with a network: "
-                        f"{spec.fetch_command} (with the same {spec.option}), or set {spec.option} to a cached one")
+                        f"{spec.fetch_command} {spec.fetch_option}={spec.revision}, or set {spec.option} to a "
+                        "cached one")
     raise UserError(f"{spec.label} is not in the Hugging Face cache {hub_cache(cache_dir)}; fetch it on a machine "
                     f"with a network: {spec.fetch_command} (then runs find it there, HF_HUB_OFFLINE=1 included)")
 
@@ -99,9 +101,9 @@ def download(spec: PinnedFile, cache_dir: str | Path | None = None) -> Path:
         path = hf_hub_download(spec.repo_id, spec.filename, repo_type=spec.repo_type, revision=spec.revision,
                                cache_dir=None if cache_dir is None else str(cache_dir))
     except RevisionNotFoundError:
-        raise UserError(f"revision {spec.revision} does not resolve in the Hub repo {spec.repo_id}; set "
-                        f"{spec.option} to a commit of https://huggingface.co/{spec.repo_type}s/{spec.repo_id}"
-                        ) from None
+        raise UserError(f"revision {spec.revision} does not resolve in the Hub repo {spec.repo_id}; give a commit of "
+                        f"https://huggingface.co/{spec.repo_type}s/{spec.repo_id} as {spec.fetch_option} here and "
+                        f"{spec.option} in the runs") from None
     except RepositoryNotFoundError:
         raise UserError(f"the Hub repo {spec.repo_id} ({spec.repo_type}) is not found or not public") from None
     except LocalEntryNotFoundError as e:  # no network, or HF_HUB_OFFLINE=1 (an EntryNotFoundError too)
@@ -109,8 +111,8 @@ def download(spec: PinnedFile, cache_dir: str | Path | None = None) -> Path:
                         f"({str(e).splitlines()[0]}); run {spec.fetch_command} on a machine with a network, "
                         "with HF_HOME pointing at a folder these runs share") from None
     except EntryNotFoundError:
-        raise UserError(f"{spec.repo_id} has no file {spec.filename} at revision {spec.revision}; set "
-                        f"{spec.option} to a commit that has it") from None
+        raise UserError(f"{spec.repo_id} has no file {spec.filename} at revision {spec.revision}; give a commit that "
+                        f"has it as {spec.fetch_option} here and {spec.option} in the runs") from None
     return verified(Path(path), spec)
 
 

@@ -139,11 +139,13 @@ def test_a_missing_file_names_the_fetch_command(hub, tmp_path, missing):
         _module(cache, tmp_path).setup()
 
 
-@pytest.mark.parametrize("option", ["hub_revision", "glove_revision"])
-def test_a_revision_that_is_not_in_the_cache_is_refused(hub, tmp_path, option):
+@pytest.mark.parametrize("option,fetch_option", [("hub_revision", "--squad-revision"),
+                                                ("glove_revision", "--glove-revision")])
+def test_a_revision_that_is_not_in_the_cache_is_refused(hub, tmp_path, option, fetch_option):
     cache, _ = hub
     with pytest.raises(UserError, match=rf"revision {'b' * 40} of .* is not in the Hugging Face cache .* "
-                                        rf"python -m reproduce fetch squad \(with the same data\.{option}\)"):
+                                        rf"python -m reproduce fetch squad {fetch_option}={'b' * 40}, or set "
+                                        rf"data\.{option} to a cached one"):
         _module(cache, tmp_path, **{option: "b" * 40}).setup()
 
 
@@ -223,3 +225,23 @@ def test_a_blob_kept_in_the_shared_xet_store_is_checked_by_its_etag_not_the_stor
     blobs["train"].symlink_to(os.path.relpath(store, blobs["train"].parent))
     _module(cache, tmp_path).setup()
     assert Path(f"{blobs['train']}.verified").is_file()
+
+
+def test_a_pin_that_does_not_resolve_on_the_hub_names_the_options_to_set(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError, RevisionNotFoundError
+
+    class Missing(RevisionNotFoundError):  # as the Hub answers an unknown revision (its HTTP response aside)
+        def __init__(self):
+            Exception.__init__(self, "404 Revision Not Found")
+
+    def hub_answers(repo_id, filename, local_files_only=False, **kwargs):
+        if local_files_only:  # the empty cache
+            raise LocalEntryNotFoundError("not cached")
+        raise Missing()
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_answers)
+    assert reproduce_main(["fetch", "squad", "--cache-dir", str(tmp_path), "--squad-revision", "c" * 40]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: revision {'c' * 40} does not resolve in the Hub repo rajpurkar/squad")
+    assert "as --squad-revision here and data.hub_revision in the runs" in last
