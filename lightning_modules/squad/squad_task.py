@@ -65,7 +65,7 @@ class SquadTask(PrunedTask):
         """
         Args:
             word_vocab_size, char_vocab_size: set from the data (linked by the training CLI).
-            word_dim: word vector size; must equal the GloVe file's when data.glove_path is set.
+            word_dim: word vector size; must equal GloVe's (data.glove_member) unless data.word_vectors=random.
             char_dim, char_channels, char_kernel: char CNN (BiDAF: 8, 100, 5).
             hidden_size: of every LSTM direction (BiDAF: 100).
             max_answer_tokens: longest span decoding may return.
