@@ -6,6 +6,7 @@
   speed                         measured inference speedup of exports, or of plain sizes
   sweep sweeps/FILE.yaml        a W&B sweep file run locally (offline), resumable
   bench                         training speed: gates overhead; --steps: eager vs fused vs graph steps
+  fetch squad                   SQuAD and GloVe, pinned, into the Hugging Face cache (a cluster's login node)
 Training one config is `python -m reproduce.train --config reproduce/configs/<name>.yaml`.
 Each command's module defines `add_arguments(parser)` and `run(args)`.
 """
@@ -27,6 +28,7 @@ COMMANDS = {
     "sweep": ("orchestrate.sweep", "run a W&B sweep YAML locally, offline, skipping finished runs"),
     "bench": ("measure.bench", "training speed: the gates' overhead, or (--steps) eager vs fused vs graph steps"),
     "verify": ("orchestrate.verify", "re-run a record's training command, compare each epoch's val ppl with it"),
+    "fetch": ("run.fetch", "SQuAD v1.1 and GloVe at pinned revisions into the Hugging Face cache, checked"),
 }
 
 

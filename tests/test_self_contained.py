@@ -52,7 +52,7 @@ def test_embedded_squad_dev_set_has_the_official_counts():
 
 def test_smoke_split_of_the_embedded_dev_set_needs_no_file():
     dm = SquadDataModule(source="embedded", dev_split_articles=12, max_train_questions=50,
-                         max_eval_questions=20)
+                         max_eval_questions=20, word_vectors="random")
     dm.setup()
     assert dm.train_on_dev and len(dm.stats["eval_articles"]) == 36
     assert len(dm.train_set) <= 50 and len(dm.eval_set) == 20

@@ -125,11 +125,10 @@ def test_embedded_source_refuses_a_second_dev_file(tmp_path):
         load_squad("embedded", validation_file=str(tmp_path / "dev.json"))
 
 
-def test_hub_source_offline_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="cannot load Hub dataset 'no-such-user/no-such-squad'.*source=local"):
-        load_squad("hub", hub_id="no-such-user/no-such-squad", cache_dir=None)
+def test_hub_source_without_the_files_in_the_cache_names_the_fetch_command(tmp_path):
+    with pytest.raises(UserError, match=r"no-such-user/no-such-squad/plain_text/train.* is not in the Hugging Face "
+                                        r"cache .*python -m reproduce fetch squad"):
+        load_squad("hub", hub_id="no-such-user/no-such-squad", hub_cache_dir=str(tmp_path))
 
 
 def _small_module(tmp_path, **kwargs):
@@ -143,7 +142,8 @@ def _small_module(tmp_path, **kwargs):
                  [("c1", "Where?", [("Lisbon", 30), ("near Lisbon", 25)])]),
     ]
     path = _squad_file(tmp_path / "dev.json", articles)
-    return SquadDataModule(source="local", validation_file=path, **kwargs)
+    return SquadDataModule(source="local", validation_file=path,
+                           **{"word_vectors": "glove" if kwargs.get("glove_path") else "random", **kwargs})
 
 
 def test_dev_split_trains_on_some_articles_evaluates_on_the_others_and_says_so(tmp_path, capsys):
@@ -205,7 +205,7 @@ def test_without_glove_the_run_says_embeddings_are_random(tmp_path):
     with pytest.warns(UserWarning):
         dm.setup()
     assert dm.pretrained_word_vectors() is None
-    assert "randomly initialised" in dm.word_vectors_note()
+    assert "RANDOM word vectors" in dm.word_vectors_note() and "NOT comparable" in dm.word_vectors_note()
 
 
 @pytest.mark.parametrize("content,message", [

@@ -116,7 +116,7 @@ def test_run_writes_result_predictions_and_an_export_that_reproduces_them(finish
         assert key in result, key
     assert result["dataset"] == "squad" and result["method"] == ("none" if name == "dense" else "l0")
     assert result["evaluation"]["train_on_dev"] and "NOT comparable" in result["evaluation"]["note"]
-    assert "randomly initialised" in result["word_vectors"]
+    assert "RANDOM word vectors" in result["word_vectors"] and result["evaluation"]["random_word_vectors"]
     kept = result["neurons_kept"]
     assert len(kept["hidden"]) == len(kept["input"]) == 8 and kept["lstm_names"][0] == "contextual.fwd"
     assert result["params"]["after"] <= result["params"]["before"]
@@ -125,7 +125,7 @@ def test_run_writes_result_predictions_and_an_export_that_reproduces_them(finish
     # predictions.json: every evaluated question, scored by the official rules as result.json says
     predictions = json.loads((run_dir / result["predictions_path"]).read_text())
     dm = SquadDataModule(source="local", validation_file=str(DEV), dev_split_articles=2, max_train_questions=60,
-                         max_eval_questions=40, max_context_tokens=120)
+                         max_eval_questions=40, max_context_tokens=120, word_vectors="random")
     dm.setup()
     golds = {r["id"]: r["answers"]["text"] for r in dm.eval_set.rows}
     assert set(predictions) == set(golds)
@@ -167,7 +167,7 @@ def test_paper_configs_run_shrunk(tmp_path, config):
     assert any(line.startswith("# Command: python -m reproduce.train_squad") for line in header)
     extra = ["--model.target_neurons=[4,4,4,4,4,4]"] if "magnitude" in config.stem else []
     code = train_main(["--config", str(config), "--run_dir", str(tmp_path / "run"), *TINY,
-                       "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--data.glove_path=null",
+                       "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--data.word_vectors=random",
                        "--model.word_dim=12", *extra])
     assert code == 0
     assert json.loads((tmp_path / "run" / "result.json").read_text())["config_path"] == str(config)
@@ -210,7 +210,8 @@ BAD_INPUTS = {
     "not SQuAD-shaped JSON": (lambda t: [LOCAL, f"--data.validation_file={_write(t / 'x.json', NOT_SQUAD)}"],
                               "is not SQuAD v1.1 JSON: the top level has no 'data' list"),
     "GloVe of another size": (lambda t: [LOCAL, f"--data.validation_file={_tiny_squad_json(t / 's.json')}",
-                                         f"--data.glove_path={_write(t / 'g.txt', 'tokyo 1 2 3')}"],
+                                         f"--data.glove_path={_write(t / 'g.txt', 'tokyo 1 2 3')}",
+                                         "--data.word_vectors=glove"],
                               "has 3-d vectors but model.word_dim is 50; set model.word_dim=3"),
     "every answer_start wrong": (lambda t: [LOCAL, f"--data.validation_file={_tiny_squad_json(t / 's.json', 4)}"],
                                  "0 training and 0 evaluation questions are left"),
@@ -238,3 +239,18 @@ def test_bad_input_ends_in_one_clear_line(tmp_path, capsys, case):
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last, err
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+@pytest.mark.slow
+def test_a_run_on_random_word_vectors_says_so_above_its_table(finished_runs, tmp_path):
+    from reproduce.report.tables import write_tables
+    from reproduce.run.train_squad import RANDOM_VECTORS_NOTE
+
+    result = json.loads((finished_runs["dense"] / "result.json").read_text())
+    assert result["evaluation"]["random_word_vectors"] and RANDOM_VECTORS_NOTE in result["evaluation"]["note"]
+    # as a paper-scale run would have it: the SQuAD train split, only the vectors random
+    result["evaluation"].update(train_on_dev=False, note=RANDOM_VECTORS_NOTE)
+    (tmp_path / "runs" / "dense").mkdir(parents=True)
+    (tmp_path / "runs" / "dense" / "result.json").write_text(json.dumps(result))
+    md = write_tables("squad", tmp_path / "runs", tmp_path / "tables")["markdown"].read_text()
+    assert f"**NOTE: {RANDOM_VECTORS_NOTE}.**" in md

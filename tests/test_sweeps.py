@@ -30,7 +30,7 @@ SHRINK_SQUAD = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--
                 "--trainer.enable_progress_bar=false", "--latency_questions=5", "--data.source=embedded",
                 "--data.validation_file=null", "--data.dev_split_articles=2",
                 "--data.max_train_questions=60", "--data.max_eval_questions=40", "--data.max_context_tokens=120",
-                "--data.batch_size=20", "--data.glove_path=null"]
+                "--data.batch_size=20", "--data.glove_path=null", "--data.word_vectors=random"]
 SMOKE_CONFIG = "reproduce/configs/ptb_smoke_l0.yaml"
 
 

@@ -55,7 +55,7 @@ SHRINK_SQUAD = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 2, "trai
                 # the text "null": W&B writes a None as `--x=None`, which the parser keeps as the text None
                 "data.validation_file": "null", "data.glove_path": "null", "data.dev_split_articles": 2,
                 "data.max_train_questions": 60, "data.max_eval_questions": 40, "data.max_context_tokens": 120,
-                "data.batch_size": 20}
+                "data.batch_size": 20, "data.word_vectors": "random"}
 # what the direct-design sweeps read from their L0 sweep's runs, at the shrunk sizes
 STAND_IN_RESULT = {"neurons_kept": {"input": [8, 6], "hidden": [6, 5]}}
 

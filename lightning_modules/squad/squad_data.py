@@ -1,7 +1,9 @@
 """SQuAD v1.1 through Hugging Face `datasets`: loading, tokenisation with character offsets, batching.
 
 Sources (all give the Hub schema: id, title, context, question, answers{text, answer_start}):
-  hub       a Hub dataset id (default rajpurkar/squad; needs a network or a warm HF cache)
+  hub       the parquet files of rajpurkar/squad at a pinned commit (hub_files.py), found in the
+            Hugging Face cache (`python -m reproduce fetch squad` puts them there), checked by
+            sha256 and by their row counts (87,599 train, 10,570 validation); never downloaded here
   local     the official JSON files (train-v1.1.json, dev-v1.1.json), plain or .gz, flattened
             to the Hub schema
   embedded  the official dev-v1.1.json shipped in this package (gzip), sha256-verified at load,
@@ -24,6 +26,17 @@ training question whose answer ends beyond the cut is dropped (counted). An eval
 question is never dropped: its prediction comes from the kept tokens, and an answer beyond
 the cut simply scores 0, so EM/F1 are over every question of the evaluation set.
 
+Training batches (`length_buckets=P`): each epoch's shuffled order is cut into pools of P
+batches, each pool sorted by context length and cut into batches, and the batches shuffled; so
+a batch holds contexts of similar length, padded less. The order is a function of (seed, epoch)
+alone, as without buckets, so a run resumed mid-epoch gets the same batches.
+
+Several processes (Lightning DDP, `--trainer.devices=N --trainer.strategy=ddp`): data.batch_size
+stays the global batch; each process takes every N-th question of the epoch's order, so step k
+of the N processes together sees batch k of a one-process run (the epoch's order is padded from
+its start to a multiple of N: its last batch may repeat a question). Evaluation splits the
+questions among the processes without padding: EM/F1 count every question exactly once.
+
 Smoke runs (`dev_split_articles=N`): the train split is not needed; the first N articles of
 the validation file become the training set and only the other articles are evaluated. Such
 a run measures the pipeline, not SQuAD: it says so in its output and result.json.
@@ -44,11 +57,24 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..errors import UserError
+from ..hub_data import cached, verified
 from ..resumable import ResumableSampler
+from .hub_files import (
+    GLOVE_MEMBER,
+    GLOVE_REVISION,
+    GLOVE_ZIP,
+    SQUAD_REPO,
+    SQUAD_REVISION,
+    SQUAD_ROWS,
+    STANFORD_GLOVE_ZIP,
+    glove_zip,
+    squad_files,
+)
 
 TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1 of both vocabularies
@@ -160,9 +186,13 @@ def answers_match_context(row: dict) -> bool:
         row["context"][s: s + len(t)] == t for s, t in zip(answers["answer_start"], answers["text"]))
 
 
-def load_squad(source: str = "hub", hub_id: str = "rajpurkar/squad", train_file: str | None = None,
-               validation_file: str | None = None, cache_dir: str | None = None):
-    """A `datasets.DatasetDict` with the splits that exist (validation always; train if given)."""
+def load_squad(source: str = "hub", hub_id: str = SQUAD_REPO, train_file: str | None = None,
+               validation_file: str | None = None, cache_dir: str | None = None,
+               hub_revision: str = SQUAD_REVISION, hub_cache_dir: str | None = None):
+    """A `datasets.DatasetDict` with the splits that exist (validation always; train if given).
+
+    cache_dir: datasets' own cache (the parquet files read as Arrow); hub_cache_dir: the Hugging
+    Face Hub cache the pinned files are found in (None: HF_HOME's)."""
     import datasets
 
     if source == "embedded":
@@ -181,17 +211,20 @@ def load_squad(source: str = "hub", hub_id: str = "rajpurkar/squad", train_file:
         return datasets.DatasetDict({split: datasets.Dataset.from_list(read_squad_json(f))
                                      for split, f in files.items()})
     if source == "hub":
-        try:
-            ds = datasets.load_dataset(hub_id, cache_dir=cache_dir)
-        except Exception as e:  # network, auth, unknown id: all user-fixable
-            raise UserError(f"cannot load Hub dataset {hub_id!r} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}); without a network use "
-                            "data.source=local with data.validation_file (and data.train_file), or "
-                            "data.source=embedded for the shipped dev set") from None
-        if "validation" not in ds or any(c not in ds["validation"].column_names for c in COLUMNS):
-            raise UserError(f"Hub dataset {hub_id!r} needs a validation split with columns {list(COLUMNS)}; "
-                            f"it has {dict(ds.column_names)}")
-        return datasets.DatasetDict({s: ds[s].select_columns(list(COLUMNS)) for s in SPLITS if s in ds})
+        # every file found and checked before datasets derives anything from any of them
+        files = {split: str(verified(cached(spec, hub_cache_dir), spec))
+                 for split, spec in squad_files(hub_revision, hub_id).items()}
+        ds = datasets.load_dataset("parquet", data_files=files, cache_dir=cache_dir)
+        for split in SPLITS:
+            missing = [c for c in COLUMNS if c not in ds[split].column_names]
+            if missing:
+                raise UserError(f"{files[split]} ({hub_id}) has no column {missing[0]!r}; SQuAD's parquet files have "
+                                f"{list(COLUMNS)}")
+            if hub_id == SQUAD_REPO and len(ds[split]) != SQUAD_ROWS[split]:
+                raise UserError(f"{files[split]}: {len(ds[split]):,} {split} questions, not SQuAD v1.1's "
+                                f"{SQUAD_ROWS[split]:,}; data.hub_revision={hub_revision} is not the SQuAD v1.1 "
+                                "export; set it to a commit that is")
+        return datasets.DatasetDict({s: ds[s].select_columns(list(COLUMNS)) for s in SPLITS})
     raise UserError(f"unknown SQuAD source {source!r}; use hub, local or embedded")
 
 
@@ -275,6 +308,90 @@ def collate_squad(items: list[dict]) -> dict:
     }
 
 
+# ---- the order of the questions ---------------------------------------------------------------
+
+class SquadTrainSampler(DistributedSampler):
+    """The training questions of an epoch, for process `rank` of `num_replicas` (see the module doc).
+
+    The shuffled order and mid-epoch resume are ResumableSampler's (`resume_at` counts questions
+    of the global batches). A DistributedSampler only by type: Lightning's DDP then keeps it, where
+    it would wrap any other sampler in one that draws its own order.
+    """
+
+    def __init__(self) -> None:  # DistributedSampler.__init__ would ask for a process group
+        self.base = ResumableSampler(shuffle=True)
+        self.lengths: list[int] = []
+        self.batch_size, self.pool_batches = 1, None
+        self.num_replicas, self.rank = 1, 0
+        self.shuffle, self.drop_last = True, False
+
+    def configure(self, lengths: list[int], batch_size: int, pool_batches: int | None, seed: int,
+                  rank: int = 0, num_replicas: int = 1) -> None:
+        self.lengths, self.batch_size, self.pool_batches = lengths, batch_size, pool_batches
+        self.base.n, self.base.seed = len(lengths), seed
+        self.rank, self.num_replicas = rank, num_replicas
+
+    @property
+    def seed(self) -> int:
+        return self.base.seed
+
+    @property
+    def epoch(self) -> int:
+        return self.base.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def resume_at(self, items: int) -> None:
+        self.base.resume_at(items)
+
+    def order(self, epoch: int) -> list[int]:
+        """The whole epoch, all processes together, as batches of batch_size laid end to end."""
+        order = self.base.order(epoch)
+        if self.pool_batches:
+            size = self.batch_size
+            pool = size * self.pool_batches
+            batches = []
+            for p in range(0, len(order), pool):
+                by_length = sorted(order[p: p + pool], key=self.lengths.__getitem__)  # stable: ties keep the order
+                batches += [by_length[i: i + size] for i in range(0, len(by_length), size)]
+            # only the last pool can end in a short batch; it stays last, so batches stay aligned
+            short = batches.pop() if len(batches[-1]) < size else None
+            seed = np.random.SeedSequence([self.base.seed, epoch, 1]).generate_state(1, dtype=np.uint64)[0]
+            shuffled = torch.randperm(len(batches), generator=torch.Generator().manual_seed(int(seed))).tolist()
+            order = [i for b in [*(batches[k] for k in shuffled), *([short] if short else [])] for i in b]
+        return order + order[: -len(order) % self.num_replicas]
+
+    def __len__(self) -> int:
+        return -(-self.base.n // self.num_replicas)
+
+    def __iter__(self):
+        # drawn at the first batch, as ResumableSampler's (a resumed run sets the epoch late)
+        start, self.base.start = self.base.start, 0
+        yield from self.order(self.base.epoch)[start + self.rank:: self.num_replicas]
+
+
+class EvalShardSampler(DistributedSampler):
+    """Evaluation questions rank, rank + N, ...: every question in exactly one process, none
+    repeated (DistributedSampler would pad with repeats, which EM/F1 would count twice)."""
+
+    def __init__(self, n: int, rank: int = 0, num_replicas: int = 1) -> None:  # no process group needed
+        self.n, self.rank, self.num_replicas = n, rank, num_replicas
+        self.shuffle, self.drop_last, self.epoch, self.seed = False, False, 0, 0
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.num_replicas))
+
+
+def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
+    """Of the context positions of these batches (each padded to its longest), the share that is padding."""
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return 1.0 - sum(lengths[i] for b in batches for i in b) / padded
+
+
 def _loud(message: str) -> None:
     bar = "!" * 78
     print(f"{bar}\n{message}\n{bar}", file=sys.stderr)
@@ -284,7 +401,9 @@ class SquadDataModule(L.LightningDataModule):
     def __init__(
         self,
         source: Literal["hub", "local", "embedded"] = "hub",
-        hub_id: str = "rajpurkar/squad",
+        hub_id: str = SQUAD_REPO,
+        hub_revision: str = SQUAD_REVISION,
+        hub_cache_dir: str | None = None,
         train_file: str | None = None,
         validation_file: str | None = None,
         dev_split_articles: int | None = None,
@@ -295,16 +414,23 @@ class SquadDataModule(L.LightningDataModule):
         max_word_chars: int = 16,
         word_min_count: int = 1,
         char_min_count: int = 1,
+        word_vectors: Literal["glove", "random"] = "glove",
         glove_path: str | None = None,
+        glove_revision: str = GLOVE_REVISION,
+        glove_member: str = GLOVE_MEMBER,
         batch_size: int = 60,
         eval_batch_size: int = 100,
+        length_buckets: int | None = 100,
         shuffle_seed: int | None = None,
         cache_dir: str | None = None,
     ) -> None:
         """
         Args:
-            source: hub (rajpurkar/squad; needs a network), local (official JSON files) or
+            source: hub (rajpurkar/squad's parquet files at hub_revision, from the Hugging Face
+                cache: `python -m reproduce fetch squad`), local (official JSON files) or
                 embedded (the dev-v1.1 shipped in the package, sha256-checked; no train split).
+            hub_revision: the commit of hub_id read (default: the pin of hub_files.py).
+            hub_cache_dir: the Hugging Face Hub cache (default: HF_HOME's).
             train_file, validation_file: the official JSON files for source=local (.json or .json.gz);
                 source=embedded takes train_file only.
             dev_split_articles: smoke runs only: train on the first N articles of the validation
@@ -315,10 +441,18 @@ class SquadDataModule(L.LightningDataModule):
             max_word_chars: characters per word seen by the char CNN (BiDAF: 16).
             word_min_count, char_min_count: training-set frequency a word / character needs to
                 get its own id (others are <unk>).
-            glove_path: GloVe vectors in the glove.6B.*d.txt format (plain or .gz). Words of any
-                split that GloVe knows join the vocabulary; their vectors stay fixed in training.
-                Without it the word embeddings are random and trainable.
-            batch_size, eval_batch_size: questions per batch (BiDAF: 60).
+            word_vectors: glove (BiDAF's: words of any split that GloVe knows join the vocabulary;
+                their vectors stay fixed in training) or random (trained from random; results and
+                tables say so: not comparable with BiDAF's).
+            glove_path: the GloVe file: glove.6B.zip (the Hub's or Stanford's, each checked by its
+                size and hash), or a text file in the glove.6B.*d.txt format (plain or .gz).
+                Default: glove.6B.zip of stanfordnlp/glove at glove_revision, from the Hugging Face
+                cache (`python -m reproduce fetch squad`).
+            glove_member: the file of the zip read, in place (BiDAF: glove.6B.100d.txt).
+            batch_size, eval_batch_size: questions per batch (BiDAF: 60); with several processes
+                (DDP) batch_size is the global batch, split evenly among them.
+            length_buckets: batches per pool sorted by context length (see above); null: plain
+                shuffled batches.
             shuffle_seed: the training questions come in a new order every epoch, a function of
                 (shuffle_seed, epoch) alone, so that a run resumed mid-epoch sees the same
                 batches (default: the run's seed_everything).
@@ -336,8 +470,12 @@ class SquadDataModule(L.LightningDataModule):
                 raise UserError(f"data.{name} must be at least 1 (or null), got {value}")
         if shuffle_seed is not None and shuffle_seed < 0:
             raise UserError(f"data.shuffle_seed must be >= 0 (or null), got {shuffle_seed}")
+        if length_buckets is not None and length_buckets < 1:
+            raise UserError(f"data.length_buckets must be at least 1 (or null), got {length_buckets}")
+        if word_vectors == "random" and glove_path:
+            raise UserError(f"data.word_vectors=random with data.glove_path={glove_path}: drop one of them")
         self.save_hyperparameters()
-        self._train_sampler = ResumableSampler(shuffle=True)
+        self._train_sampler = SquadTrainSampler()
         self._ready = False
         self.stats: dict = {}
 
@@ -345,7 +483,8 @@ class SquadDataModule(L.LightningDataModule):
 
     def _splits(self):
         hp = self.hparams
-        ds = load_squad(hp.source, hp.hub_id, hp.train_file, hp.validation_file, hp.cache_dir)
+        ds = load_squad(hp.source, hp.hub_id, hp.train_file, hp.validation_file, hp.cache_dir, hp.hub_revision,
+                        hp.hub_cache_dir)
         if hp.dev_split_articles is not None:
             titles = list(dict.fromkeys(ds["validation"]["title"]))  # article order of the file
             if hp.dev_split_articles >= len(titles):
@@ -375,10 +514,27 @@ class SquadDataModule(L.LightningDataModule):
     def _sample(rows, n: int | None):
         return rows if n is None or n >= len(rows) else rows.shuffle(seed=0).select(range(n))
 
+    def glove_file(self) -> Path | None:
+        """The GloVe file to read, checked (None: random vectors); without it, a UserError naming
+        the fetch command."""
+        hp = self.hparams
+        if hp.word_vectors == "random":
+            return None
+        if not hp.glove_path:
+            spec = glove_zip(hp.glove_revision)
+            return verified(cached(spec, hp.hub_cache_dir), spec)
+        path = Path(hp.glove_path).expanduser()
+        size = path.stat().st_size if path.is_file() else None
+        for known in (GLOVE_ZIP, STANFORD_GLOVE_ZIP):  # told apart by size, each then by its own hash
+            if path.suffix == ".zip" and size == known.size:
+                return verified(path, known, shown_as=f"data.glove_path ({known.repo_id}'s glove.6B.zip)")
+        return path
+
     def _prepare(self) -> None:
         if self._ready:
             return
         hp = self.hparams
+        glove_file = self.glove_file()  # before the data: a missing file stops the run at once
         train, evaluation = self._splits()
         train = self._sample(self._drop_mismatched_answers(train, "train"), hp.max_train_questions)
         evaluation = self._sample(self._drop_mismatched_answers(evaluation, "eval"), hp.max_eval_questions)
@@ -393,7 +549,7 @@ class SquadDataModule(L.LightningDataModule):
         if not len(train) or not len(evaluation):
             raise UserError(f"{len(train)} training and {len(evaluation)} evaluation questions are left; "
                             "raise data.max_context_tokens or the question counts")
-        self._build_vocabularies(train, evaluation)
+        self._build_vocabularies(train, evaluation, glove_file)
         self.train_set = SquadExamples(train, self.word_index, self.char_index, hp.max_word_chars)
         self.eval_set = SquadExamples(evaluation, self.word_index, self.char_index, hp.max_word_chars)
         self._ready = True
@@ -403,7 +559,7 @@ class SquadDataModule(L.LightningDataModule):
                   f"{len(self.stats['eval_articles'])} dev articles.\nThe SQuAD train split is not used: "
                   "these EM/F1 numbers check the pipeline and are NOT comparable to SQuAD results.")
 
-    def _build_vocabularies(self, train, evaluation) -> None:
+    def _build_vocabularies(self, train, evaluation, glove_file: Path | None) -> None:
         from .glove import read_glove
 
         hp = self.hparams
@@ -413,13 +569,15 @@ class SquadDataModule(L.LightningDataModule):
             chars.update(c for t in tokens for c in t[: hp.max_word_chars])
         self.glove: dict[str, list[float]] = {}
         self.glove_dim: int | None = None
-        if hp.glove_path:
+        if glove_file is not None:
             # BiDAF's rule: every word GloVe knows is in the vocabulary (its vector is fixed), so
             # evaluation words unseen in training are not <unk>
             seen = set(words)
             for tokens in (*evaluation["context_tokens"], *evaluation["question_tokens"]):
                 seen.update(t.lower() for t in tokens)
-            self.glove, self.glove_dim = read_glove(hp.glove_path, seen)
+            self.glove, self.glove_dim = read_glove(glove_file, seen, hp.glove_member)
+            self._glove_source = (f"{glove_file}:{hp.glove_member}" if glove_file.suffix == ".zip"
+                                  else str(glove_file))
         self.word_vocab = build_vocab(words, hp.word_min_count, set(self.glove))
         self.char_vocab = build_vocab(chars, hp.char_min_count)
         self.word_index = {w: i for i, w in enumerate(self.word_vocab)}
@@ -454,13 +612,17 @@ class SquadDataModule(L.LightningDataModule):
                 known[i] = True
         return vectors, known
 
+    @property
+    def random_word_vectors(self) -> bool:
+        return self.hparams.word_vectors == "random"
+
     def word_vectors_note(self) -> str:
         self._prepare()
-        if not self.glove:
-            return ("no GloVe vectors (data.glove_path not set): word embeddings are randomly initialised "
-                    "and trained")
+        if self.random_word_vectors:
+            return ("RANDOM word vectors (data.word_vectors=random, no GloVe): word embeddings are randomly "
+                    "initialised and trained; NOT comparable with BiDAF's results, which use GloVe 6B 100d")
         known = sum(w in self.glove for w in self.word_vocab)
-        return (f"GloVe {self.glove_dim}d from {self.hparams.glove_path}: {known} of {len(self.word_vocab)} "
+        return (f"GloVe {self.glove_dim}d from {self._glove_source}: {known} of {len(self.word_vocab)} "
                 "vocabulary words, fixed; the others trained from random")
 
     def setup(self, stage: str | None = None) -> None:
@@ -468,20 +630,33 @@ class SquadDataModule(L.LightningDataModule):
 
     def resume_train_at(self, batches: int) -> None:
         """The next pass over the training set starts after its first `batches` batches (a run
-        resumed mid-epoch)."""
+        resumed mid-epoch; global batches, the same count in every process)."""
         self._train_sampler.resume_at(batches * self.hparams.batch_size)
+
+    def _processes(self) -> tuple[int, int]:
+        """(this process's rank, the number of processes): (0, 1) outside a distributed trainer."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_lengths(self) -> list[int]:
+        return [len(tokens) for tokens in self.train_set.rows["context_tokens"]]
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        self._train_sampler.n = len(self.train_set)
+        rank, world = self._processes()
+        if hp.batch_size % world:
+            raise UserError(f"data.batch_size={hp.batch_size} (the global batch) does not split evenly among "
+                            f"{world} processes; set data.batch_size to a multiple of {world}")
         # seed_everything (LightningCLI) sets PL_GLOBAL_SEED before the data module is built
-        self._train_sampler.seed = hp.shuffle_seed if hp.shuffle_seed is not None else int(
-            os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = hp.shuffle_seed if hp.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self._train_sampler.configure(self.train_lengths(), hp.batch_size, hp.length_buckets, seed, rank, world)
         # private generators: iterating must not draw from the global RNG (the gates' noise and
         # dropout), which a resumed run restores as it stood at the checkpoint
-        return DataLoader(self.train_set, batch_size=hp.batch_size, sampler=self._train_sampler,
+        return DataLoader(self.train_set, batch_size=hp.batch_size // world, sampler=self._train_sampler,
                           collate_fn=collate_squad, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.eval_set, batch_size=self.hparams.eval_batch_size, shuffle=False,
+        rank, world = self._processes()
+        return DataLoader(self.eval_set, batch_size=self.hparams.eval_batch_size,
+                          sampler=EvalShardSampler(len(self.eval_set), rank, world),
                           collate_fn=collate_squad, generator=torch.Generator())

@@ -15,6 +15,9 @@ too, so that removed ISS groups stay removable.
 
 EM and F1 are torchmetrics' SQuAD metric (the official v1.1 normalisation), in percent, over
 every evaluated question; `predictions` maps question id -> answer text, the official format.
+With several processes (DDP) each evaluates its own share of the questions (squad_data.py's
+EvalShardSampler), the metric sums over the processes, and every process ends with all the
+predictions. The logged training loss is the mean over the processes, i.e. the global batch's.
 One known difference from the official script: when prediction and gold both normalise to
 nothing (e.g. "the" vs "."), torchmetrics' F1 is 100, the official 0 (3 of dev-v1.1's 34,726
 gold answers are "."); the official evaluator on predictions.json is the reference.
@@ -62,7 +65,7 @@ class SquadTask(PrunedTask):
         """
         Args:
             word_vocab_size, char_vocab_size: set from the data (linked by the training CLI).
-            word_dim: word vector size; must equal the GloVe file's when data.glove_path is set.
+            word_dim: word vector size; must equal GloVe's (data.glove_member) unless data.word_vectors=random.
             char_dim, char_channels, char_kernel: char CNN (BiDAF: 8, 100, 5).
             hidden_size: of every LSTM direction (BiDAF: 100).
             max_answer_tokens: longest span decoding may return.
@@ -161,7 +164,9 @@ class SquadTask(PrunedTask):
         loss = F.cross_entropy(start, batch["start"]) + F.cross_entropy(end, batch["end"])
         objective = self.objective(loss, len(batch["id"]))
         self.train_loss.update(loss.detach(), weight=len(batch["id"]))
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["id"]))
+        # sync_dist: the global batch's loss under DDP (every process holds an equal share of it)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["id"]),
+                 sync_dist=True)
         return objective
 
     def after_step(self, batch_idx: int) -> None:
@@ -199,6 +204,10 @@ class SquadTask(PrunedTask):
         self.predictions = {}
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:
+            shares = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(shares, self.predictions)
+            self.predictions = {qid: text for share in shares for qid, text in share.items()}
         scores = self.squad.compute()
         self.log_dict({"em": scores["exact_match"], "f1": scores["f1"]}, prog_bar=True)
         self.squad.reset()

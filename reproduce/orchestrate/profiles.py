@@ -25,6 +25,8 @@ from lightning_modules.run_dir import RESULT_FILE
 from ..measure.speed import default_settings, measure_run_dirs
 from ..report.report import write_report
 from ..report.runs import CPU_PROFILE
+from ..run.fetch import DATASETS as FETCHABLE
+from ..run.fetch import require_fetched
 from .run_queue import Job, parse_gpus, run_jobs, visible_gpus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +40,7 @@ SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 # training options that have their own field: an override would hide them from the checks below
 OWN_FIELDS = {"--config": "config", "--run_dir": "name", "--profile": "the profile",
               "--seed_everything": "seed", "--model.sizes_from": "sizes_from", "--model.init_from": "init_from"}
-PROFILE_KEYS = {"about", "workers", "speed_args", "module", "runs"}
+PROFILE_KEYS = {"about", "workers", "speed_args", "module", "runs", "fetch"}
 RUN_KEYS = {"name", "config", "overrides", "seed", "sizes_from", "init_from", "minutes"}
 
 
@@ -65,6 +67,7 @@ class Profile:
     runs: tuple[PlannedRun, ...]
     speed_args: tuple[str, ...] = ()  # options of `python -m reproduce speed` for its exports
     module: str = DEFAULT_MODULE  # the training entry point of its runs (SQuAD: reproduce.train_squad)
+    fetch: str | None = None  # its runs read the Hub files of `python -m reproduce fetch <this>`
 
 
 def is_path(source: str) -> bool:
@@ -137,13 +140,17 @@ def _profile(path: Path, name: str, spec) -> Profile:
     if not isinstance(module, str) or importlib.util.find_spec(module) is None:
         raise UserError(f"{where}: module {module!r} is not a training entry point (reproduce.train or "
                         "reproduce.train_squad)")
+    fetch = spec.get("fetch")
+    if fetch is not None and fetch not in FETCHABLE:
+        raise UserError(f"{where}: fetch must be one of {', '.join(FETCHABLE)} (what `python -m reproduce fetch` "
+                        f"fetches), got {fetch!r}")
     runs = spec.get("runs")
     if not isinstance(runs, list) or not runs:
         raise UserError(f"{where}: runs must be a non-empty list of runs (name, config, minutes, ...)")
     planned: list[PlannedRun] = []
     for i, run in enumerate(runs):
         planned.append(_run(where, i, run, planned))
-    return Profile(name, about.strip(), workers, tuple(planned), tuple(speed_args), module)
+    return Profile(name, about.strip(), workers, tuple(planned), tuple(speed_args), module, fetch)
 
 
 def _run(profile_where: str, index: int, spec, before: list[PlannedRun]) -> PlannedRun:
@@ -322,6 +329,10 @@ def run_profile(dataset: str, profile: str, results_root: str = "results", worke
     gpus = visible_gpus() if gpus is None else gpus
     out_root = Path(results_root) / dataset / profile
     print(f"{dataset} / {profile}: {spec.about}", file=sys.stderr)
+    if spec.fetch and not any(a.startswith("--data.") for a in extra_args or []):
+        # before any run: without the files every run would stop with the same error, one after the
+        # other (with --train-arg=--data.* the runs may read other files: each checks its own)
+        require_fetched(spec.fetch)
     jobs = profile_jobs(dataset, profile, out_root, extra_args, only)
     if only:
         print(f"--only {' '.join(only)}: {len(jobs)} of {len(spec.runs)} runs ({', '.join(j.name for j in jobs)})",

@@ -234,9 +234,9 @@ def make_row(dataset: str, runs: list[Run], where: str, row_id: str = "") -> Row
         speedup_b1=b1, speedup_b20=speed_stat("b20"), latency_b1_ms=speed_stat("latency_b1_ms"),
         int8_test_ppl=speed_stat("int8_test_ppl"), int8_b1=speed_stat("int8_b1"), int8_b20=speed_stat("int8_b20"),
         speed_note=note,
-        # e.g. a SQuAD smoke run that trained on dev articles: said loudly above the table
-        eval_note=next(((run.result.get("evaluation") or {}).get("note") for run in runs
-                        if (run.result.get("evaluation") or {}).get("train_on_dev")), None),
+        # e.g. a SQuAD smoke run that trained on dev articles, or on random word vectors: said loudly above the table
+        eval_note=next((ev.get("note") for ev in ((run.result.get("evaluation") or {}) for run in runs)
+                        if ev.get("train_on_dev") or ev.get("random_word_vectors")), None),
         metrics={m: stat([metric(run, m) for run in runs]) for m in METRICS[dataset]},
         per_run=[SeedRun(run.result.get("seed"), flops_after(run), {m: metric(run, m) for m in METRICS[dataset]})
                  for run in runs],

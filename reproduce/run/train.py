@@ -51,6 +51,10 @@ def train(args: list[str] | None = None, callbacks: tuple = (), extra_result: di
     # SQuAD's shuffled loader does not, and there Lightning's warning stays
     warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
     cli = build_cli(args, callbacks)
+    trainer = cli.trainer
+    if trainer.world_size > 1:  # each process would read the whole stream: not one run with the same batch
+        raise UserError(f"the language model trains in one process, not {trainer.world_size} (--trainer.devices / "
+                        "--trainer.num_nodes); set --trainer.devices=1 and run several configs side by side instead")
     run_dir = fit_resumable(cli)
     return finish_run(cli, run_dir, args=args, commit=commit, started=started, epochs=cli.trainer.current_epoch,
                       extra_result=extra_result)

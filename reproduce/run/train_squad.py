@@ -11,6 +11,8 @@ At the end it evaluates the weight average on the evaluation set and writes, in 
   result.json        EM, F1, neurons kept per LSTM and direction, sizes, FLOPs and the measured
                      batch-1 latency of the export against a dense BiDAF of the original sizes
                      (written atomically, last)
+Several GPUs: `--trainer.devices=N --trainer.strategy=ddp` trains with the same global batch
+(data.batch_size, split among the N processes); the first process writes the outputs.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .training_run import (
 
 SMOKE_NOTE = ("trained on dev articles and evaluated on other dev articles (no SQuAD train split): "
               "checks the pipeline; NOT comparable to SQuAD results")
+RANDOM_VECTORS_NOTE = "RANDOM word vectors (data.word_vectors=random): NOT comparable with BiDAF's results (GloVe)"
 
 
 def _squad_arguments(parser) -> None:
@@ -80,10 +83,15 @@ def train(args: list[str] | None = None) -> dict:
     quiet_known_warnings()
     # eval batches carry the question ids and contexts (lists) for decoding; Lightning cannot size them
     warnings.filterwarnings("ignore", message=r".*Trying to infer the `batch_size`")
+    # DDP: the epoch-level values logged are already the same in every process (EM/F1 and the mean
+    # loss synced by torchmetrics, the sizes computed from the synced weights)
+    warnings.filterwarnings("ignore", message=r".*It is recommended to use `self.log\('.*', \.\.\., sync_dist=True\)`")
     cli = build_cli(args)
     cfg, trainer, model, data = cli.config, cli.trainer, cli.model, cli.datamodule
     run_dir = fit_resumable(cli)
     scores = trainer.validate(model, datamodule=data, verbose=False)[0]
+    if not trainer.is_global_zero:  # DDP: the first process writes the run's outputs
+        return {}
     trainer.loggers[0].save()
     merge_metrics_parts(run_dir)
     atomic_write_json(run_dir / PREDICTIONS_FILE, model.predictions)
@@ -106,7 +114,9 @@ def train(args: list[str] | None = None) -> dict:
             "questions": len(data.eval_set),
             "train_questions": len(data.train_set),
             "train_on_dev": data.train_on_dev,
-            "note": SMOKE_NOTE if data.train_on_dev else "SQuAD v1.1 train split, evaluated on dev",
+            "note": "; ".join([SMOKE_NOTE if data.train_on_dev else "SQuAD v1.1 train split, evaluated on dev",
+                               *([RANDOM_VECTORS_NOTE] if data.random_word_vectors else [])]),
+            "random_word_vectors": data.random_word_vectors,
             **data.stats,
         },
         "word_vectors": model.word_vectors_note,
@@ -128,6 +138,8 @@ def train(args: list[str] | None = None) -> dict:
           f"on {len(data.eval_set)} questions, hidden kept {kept}", file=sys.stderr)
     if data.train_on_dev:
         print(f"NOTE: {SMOKE_NOTE}", file=sys.stderr)
+    if data.random_word_vectors:
+        print(f"NOTE: {RANDOM_VECTORS_NOTE}", file=sys.stderr)
     return result
 
 
