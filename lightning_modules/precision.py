@@ -13,8 +13,6 @@ TF32; `precision_flags` calls that state "mixed". The flags are process-wide: ru
 
 from __future__ import annotations
 
-import torch
-
 from .errors import UserError
 
 PRECISIONS = ("fp32", "tf32")
@@ -27,6 +25,8 @@ def apply_precision(name: str) -> dict:
     if name not in _SETTINGS:
         raise UserError(f"precision {name!r} is not one of {', '.join(PRECISIONS)}; "
                         "use --precision fp32 (full float32, the default) or --precision tf32")
+    import torch  # here, not at the top: the CLI's modules import this module, and `--help` must not load torch
+
     matmul, cublas_tf32, cudnn_tf32 = _SETTINGS[name]
     # set_float32_matmul_precision sets cuBLAS's TF32 switch too; both are set so that each is explicit
     torch.set_float32_matmul_precision(matmul)
@@ -38,6 +38,8 @@ def apply_precision(name: str) -> dict:
 def precision_flags() -> dict:
     """The flags in force, read from torch, and the name they amount to: fp32, tf32, or mixed (any
     other combination, e.g. PyTorch's defaults: fp32 matmuls, TF32 cuDNN)."""
+    import torch
+
     flags = (torch.get_float32_matmul_precision(), bool(torch.backends.cuda.matmul.allow_tf32),
              bool(torch.backends.cudnn.allow_tf32))
     name = next((n for n, setting in _SETTINGS.items() if setting == flags), "mixed")

@@ -9,7 +9,7 @@ module spells these names (tests/test_run_dir_names.py): they import them from h
       metrics.part-NNN.csv an earlier invocation's metrics, set aside on resume, merged back at the end
       hparams.yaml         the model's hyperparameters (Lightning's CSV logger writes and names it)
       gate_history.jsonl   gated runs: P(z != 0) of every gate over training
-      checkpoints/         step.ckpt, last.ckpt, epochNNN.ckpt; batched/stepNNNNNNNN.ckpt (never committed)
+      checkpoints/         step.ckpt, last.ckpt, epochNNN.ckpt; batched_steps/stepNNNNNNNN.ckpt (never committed)
       export/              the exported (pruned) model: config.json + model.safetensors, whose names
                            lightning_modules/export_folder.py owns (the form every export shares)
       predictions.json     SQuAD runs: {question id: answer text} of the evaluation set
@@ -38,7 +38,7 @@ EPOCH_CHECKPOINT = "epoch{epoch:03d}"  # ModelCheckpoint's filename template (it
 # the batched trainer's (reproduce/run/train_batched.py): one per member and step, in a folder of
 # their own (a run resumed alone never takes one for a Lightning checkpoint), and the job's file
 # naming the step every member's checkpoint was written at
-BATCHED_CHECKPOINT_DIR = "batched"
+BATCHED_CHECKPOINT_DIR = "batched_steps"
 BATCHED_CHECKPOINT = "step{step:08d}.ckpt"
 BATCHED_CHECKPOINT_GLOB = "step*.ckpt"
 BATCHED_JOB_FILE = "batched_job.json"

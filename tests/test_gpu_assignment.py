@@ -82,8 +82,8 @@ def test_eight_gpus_run_the_paper_profile_one_run_per_gpu_in_about_its_longest_c
     assert fleet.most_at_once == 8
     refilled = [(t, name, gpu) for t, name, gpu in fleet.starts if t > 0]
     assert refilled and all(gpu in {str(i) for i in range(8)} for _, _, gpu in refilled)  # freed GPUs reused
-    # 12 runs on 8 GPUs end with the longest chain (large dense, then its fine-tune), give or take a tick per run
-    # of the chain; on one GPU they take the sum of all
+    # 16 runs on 8 GPUs end with the longest chain (large dense, then its fine-tune: started first), give or
+    # take a tick per run of the chain; on one GPU they take the sum of all
     chain = _longest_chain(minutes)
     assert chain <= fleet.clock <= chain + 2 * TICK
     assert fleet.clock < sum(minutes.values()) / 2

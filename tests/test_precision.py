@@ -4,6 +4,7 @@ cuDNN flags, and every JSON an entry point writes records the flags that were in
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 from argparse import Namespace
 
@@ -117,13 +118,13 @@ def test_the_probe_records_each_arms_flags(tmp_path):
     spec = importlib.util.spec_from_file_location("probe", REPO / "reproduce/measure/gpu/probe.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
-    result = probe.probe(tmp_path / "probe.json", counts=[1], rounds=2, precisions=("tf32",))
+    result = probe.probe(tmp_path / "probe.json", counts=[1], rounds=2, precisions=("tf32",), batched=(1,))
     assert result["precisions"]["tf32"]["flags"] == TF32 and "fp32" not in result["precisions"]
-    assert "tf32_check" not in result  # it compares two arms
+    assert [b["members"] for b in result["precisions"]["tf32"]["batched"]] == [1]
     assert json.loads((tmp_path / "probe.json").read_text())["precisions"]["tf32"]["flags"] == TF32
     assert precision_flags() == FP32  # left as every entry point's default
     with pytest.raises(UserError, match="did not time fp32"):
-        probe.plan(result, 1000, 7, 100, 0.25, 2)
+        probe.plan(result, 1000, ["fp32"] * 7, 100, 0.25, 2)
 
 
 def test_tf32_controls_are_their_own_row_never_averaged_with_fp32_seeds(tmp_path):
@@ -131,8 +132,8 @@ def test_tf32_controls_are_their_own_row_never_averaged_with_fp32_seeds(tmp_path
     control for one more seed of the fp32 experiment."""
     from fixtures.run_dirs import result, write_run
 
+    from reproduce.report.report import write_report
     from reproduce.report.runs import collect_runs, group_runs
-    from reproduce.report.tables import write_tables
 
     for name, seed, flags in (("dense", 1, FP32), ("dense_seed2", 2, None), ("dense_tf32", 1, TF32),
                               ("dense_tf32_seed2", 2, TF32)):
@@ -143,5 +144,5 @@ def test_tf32_controls_are_their_own_row_never_averaged_with_fp32_seeds(tmp_path
     runs, _ = collect_runs("ptb", tmp_path / "runs")
     assert sorted(sorted(r.name for r in g) for g in group_runs(runs)) == [
         ["dense", "dense_seed2"], ["dense_tf32", "dense_tf32_seed2"]]
-    md = write_tables("ptb", tmp_path / "runs", tmp_path / "out")["markdown"].read_text()
+    md = write_report("ptb", tmp_path / "runs", tmp_path / "out", echo=io.StringIO())["markdown"].read_text()
     assert "| dense TF32 |" in md and "| dense |" in md

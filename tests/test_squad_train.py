@@ -1,5 +1,6 @@
 """SQuAD metrics against the official v1.1 rules, and the training command end to end (tiny budget)."""
 
+import io
 import json
 import re
 import string
@@ -243,7 +244,7 @@ def test_bad_input_ends_in_one_clear_line(tmp_path, capsys, case):
 
 @pytest.mark.slow
 def test_a_run_on_random_word_vectors_says_so_above_its_table(finished_runs, tmp_path):
-    from reproduce.report.tables import write_tables
+    from reproduce.report.report import write_report
     from reproduce.run.train_squad import RANDOM_VECTORS_NOTE
 
     result = json.loads((finished_runs["dense"] / "result.json").read_text())
@@ -252,5 +253,5 @@ def test_a_run_on_random_word_vectors_says_so_above_its_table(finished_runs, tmp
     result["evaluation"].update(train_on_dev=False, note=RANDOM_VECTORS_NOTE)
     (tmp_path / "runs" / "dense").mkdir(parents=True)
     (tmp_path / "runs" / "dense" / "result.json").write_text(json.dumps(result))
-    md = write_tables("squad", tmp_path / "runs", tmp_path / "tables")["markdown"].read_text()
+    md = write_report("squad", tmp_path / "runs", tmp_path / "tables", echo=io.StringIO())["markdown"].read_text()
     assert f"**NOTE: {RANDOM_VECTORS_NOTE}.**" in md

@@ -81,6 +81,12 @@ def parse_gpus(value: str | None) -> list[str]:
     return gpus
 
 
+def _chain_minutes(job: Job, jobs: list[Job]) -> float:
+    """The job's expected minutes plus the longest chain of the jobs that wait for its result."""
+    after = [j for j in jobs if any(_same(need, job.run_dir / RESULT_FILE) for need in j.waits_for)]
+    return (job.expected_minutes or 0.0) + max((_chain_minutes(j, jobs) for j in after), default=0.0)
+
+
 def run_jobs(jobs: list[Job], workers: int = 1, label: str = "runs", poll_s: float = 0.5,
              gpus: list[str] | None = None) -> list[Job]:
     """Run every unfinished job; returns the jobs that finished in this call (raises if any failed).
@@ -120,6 +126,10 @@ def run_jobs(jobs: list[Job], workers: int = 1, label: str = "runs", poll_s: flo
                 raise UserError(f"{job.name} needs {need}, which no run of this list writes; "
                                 "run the profile or sweep that makes it first")
     pending = list(todo)
+    if len(gpus) > 1:
+        # a fleet finishes in about its longest chain only if the longest chains start first (large dense
+        # and the fine-tune waiting for it); on one GPU or CPU the profile's own order stands
+        pending.sort(key=lambda job: -_chain_minutes(job, todo))
     try:
         while pending or running:
             for job in list(pending):

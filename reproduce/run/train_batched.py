@@ -16,7 +16,7 @@ which members: a member does not equal its run alone bit for bit (other random d
 sums), only in distribution.
 
 Checkpoints: every --checkpoint_every_n_steps steps, at every epoch end and on SIGTERM/SIGUSR1,
-each member writes <run_dir>/checkpoints/batched/stepN.ckpt, then the job writes
+each member writes <run_dir>/checkpoints/batched_steps/stepN.ckpt, then the job writes
 <job_dir>/batched_job.json naming step N (atomically): the same command resumes every member there,
 also after a SIGKILL. A member whose loss becomes non-finite is named in one line and gets no
 result.json; the others train on. Exit status: 0 every member finished, 2 a member diverged or a
