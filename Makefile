@@ -27,7 +27,7 @@ install:  ## create .venv and install the suite with its dev tools
 $(PY):
 	@echo "error: no virtual environment at $(VENV); run 'make install' first" >&2; exit 2
 
-test: | $(PY)  ## all tests, end-to-end and fault-injection runs included (about 6 min on 2 idle cores)
+test: | $(PY)  ## all tests, end-to-end and fault-injection runs included (20 min on 2 cores, one training beside it, 2026-12-07)
 	$(TEST_ENV) $(PY) -m pytest
 
 test-fast: | $(PY)  ## unit tests only (skips the end-to-end runs marked slow)
