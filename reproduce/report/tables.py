@@ -126,14 +126,19 @@ def render_markdown(report: Report, part: str = "all") -> str:
                      *(fmt_number(difference(row, entry, m), "+.2f") for m in (m1, m2)),
                      "" if speed is None else f"{speed:.2f}x", *([""] * 2 * int8)])
 
+    def noted(cell: str, note: str | None) -> str:
+        if not note:
+            return cell
+        if note not in notes:
+            notes.append(note)
+        return f"{cell} (n{notes.index(note) + 1})"
+
     def run_line(row: Row) -> str:
-        speed = fmt_pair(row.speedup_b1, row.speedup_b20)
-        if row.speed_note:
-            if row.speed_note not in notes:
-                notes.append(row.speed_note)
-            speed += f" (n{notes.index(row.speed_note) + 1})"
+        speed = noted(fmt_pair(row.speedup_b1, row.speedup_b20), row.speed_note)
         gpu = " (GPU)" if any(trained_on_gpu(h) for h in row.trained_on) else ""
-        extra = [fmt_stat(row.int8_test_ppl), fmt_pair(row.int8_b1, row.int8_b20, "")] if int8 else []
+        timed = max(row.int8_test_ppl.n, row.int8_b1.n)  # a mean over fewer seeds than the row's says so
+        int8_note = f"int8 measured for {timed} of {len(row.seeds)} seeds" if 0 < timed < len(row.seeds) else None
+        extra = [noted(fmt_stat(row.int8_test_ppl), int8_note), fmt_pair(row.int8_b1, row.int8_b20, "")] if int8 else []
         return line([row.id, row.label + gpu, row.target, ", ".join(str(s) for s in row.seeds),
                      fmt_layers(row.hidden_kept), fmt_layers(row.input_kept), fmt_stat(row.params, ",.0f"),
                      fmt_stat(row.flops, ",.0f"), fmt_stat(row.metrics[m1]), fmt_stat(row.metrics[m2]), "", "",
