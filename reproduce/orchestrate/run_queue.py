@@ -13,9 +13,12 @@ the longest job (or chain of jobs that wait for each other) where one GPU takes 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +82,26 @@ def parse_gpus(value: str | None) -> list[str]:
         raise UserError(f"--gpus {value!r}: give distinct GPU ids separated by commas (e.g. --gpus 0,1,2,3), "
                         "or --gpus none")
     return gpus
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT/SIGTERM held while a run starts and is registered, then delivered: one arriving in between
+    would interrupt the runner after the child exists but before the runner knows it, and the child
+    would outlive its runner (seen in tests/test_sweeps.py's kill test)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers are the main thread's; another thread's runner is stopped by its caller
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _chain_minutes(job: Job, jobs: list[Job]) -> float:
@@ -146,11 +169,12 @@ def run_jobs(jobs: list[Job], workers: int = 1, label: str = "runs", poll_s: flo
                 pending.remove(job)
                 job.run_dir.parent.mkdir(parents=True, exist_ok=True)
                 gpu = _least_used(gpus, [g for _, _, g in running.values()]) if gpus else None
-                log = open(job.log, "a")  # appended: a resumed run keeps its earlier output
-                proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                        env=env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu})
-                log.close()
-                running[proc] = (job, time.time(), gpu)
+                with _signals_deferred():
+                    log = open(job.log, "a")  # appended: a resumed run keeps its earlier output
+                    proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu})
+                    log.close()
+                    running[proc] = (job, time.time(), gpu)
                 progress(f"{job.name}: started{'' if gpu is None else f' on GPU {gpu}'} (log: {job.log})")
             for proc in list(running):
                 if proc.poll() is None:
